@@ -1,0 +1,4 @@
+//! Offline commands for admins: `check`, `config check`, `audit verify|query`, `passwd`.
+
+pub mod audit;
+pub mod check;

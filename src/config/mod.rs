@@ -1,0 +1,539 @@
+//! Configuration: the admin's TOML file plus `BCCGUARD__SECTION__KEY` environment overrides,
+//! deserialised into typed sections and checked for mistakes that would be dangerous at run time
+//! (an open relay, a TLS listener without a certificate, a rule that can never match).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_CONFIG_PATH: &str = "config/bccguard.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Load {
+        path: String,
+        #[source]
+        source: config::ConfigError,
+    },
+    #[error("{path}: key `{key}`: {why}")]
+    Invalid {
+        path: String,
+        key: String,
+        why: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    pub upstream: UpstreamConfig,
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
+    /// The file this was loaded from, for messages; not a key.
+    #[serde(skip)]
+    pub source_path: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub hostname: String,
+    #[serde(default = "default_max_message_size")]
+    pub max_message_size: usize,
+    #[serde(default = "default_max_recipients")]
+    pub max_recipients: usize,
+    #[serde(default)]
+    pub relay_networks: Vec<String>,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Longest an idle client may wait between commands (RFC 5321 4.5.3.2.7: 5 minutes).
+    #[serde(default = "default_command_timeout")]
+    pub command_timeout_seconds: u64,
+    /// Longest between two reads while a message is being received (RFC 5321 4.5.3.2.6: 3 minutes).
+    #[serde(default = "default_data_timeout")]
+    pub data_timeout_seconds: u64,
+    /// How long a graceful stop waits for transactions in flight before closing anyway.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace_seconds: u64,
+}
+
+fn default_max_message_size() -> usize {
+    26_214_400
+}
+fn default_max_recipients() -> usize {
+    1000
+}
+fn default_max_connections() -> usize {
+    1000
+}
+fn default_command_timeout() -> u64 {
+    300
+}
+fn default_data_timeout() -> u64 {
+    180
+}
+fn default_shutdown_grace() -> u64 {
+    30
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    None,
+    Starttls,
+    Implicit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthRequirement {
+    None,
+    Optional,
+    Required,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub address: String,
+    #[serde(default = "default_listener_tls")]
+    pub tls: TlsMode,
+    #[serde(default = "default_listener_auth")]
+    pub auth: AuthRequirement,
+    /// Offer AUTH without TLS. Only honoured on a loopback address.
+    #[serde(default)]
+    pub allow_cleartext_auth: bool,
+}
+
+fn default_listener_tls() -> TlsMode {
+    TlsMode::Starttls
+}
+fn default_listener_auth() -> AuthRequirement {
+    AuthRequirement::Optional
+}
+
+impl ListenerConfig {
+    pub fn socket_addr(&self) -> Result<SocketAddr, String> {
+        self.address
+            .parse()
+            .map_err(|e| format!("`{}` is not an IP:port address ({e})", self.address))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `user:hash` lines, hashes made by `bccguard passwd` (argon2id PHC strings).
+    #[serde(default)]
+    pub users_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `host:port` of the relay that delivers for us.
+    pub address: String,
+    #[serde(default = "default_upstream_tls")]
+    pub tls: TlsMode,
+    /// Per-command timeout, and the connect timeout.
+    #[serde(default = "default_upstream_timeout")]
+    pub timeout_seconds: u64,
+    /// Name to verify the upstream's certificate against; defaults to the host part of `address`.
+    #[serde(default)]
+    pub tls_server_name: Option<String>,
+    /// Accept any upstream certificate (testing only; logged loudly).
+    #[serde(default)]
+    pub allow_invalid_certs: bool,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+}
+
+fn default_upstream_tls() -> TlsMode {
+    TlsMode::None
+}
+fn default_upstream_timeout() -> u64 {
+    60
+}
+
+impl UpstreamConfig {
+    pub fn host_port(&self) -> Result<(String, u16), String> {
+        let (host, port) = self
+            .address
+            .rsplit_once(':')
+            .ok_or_else(|| format!("`{}` has no :port", self.address))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("`{}` has no valid port", self.address))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(format!("`{}` has no host", self.address));
+        }
+        Ok((host.to_string(), port))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Monitor,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    #[default]
+    Accept,
+    Rewrite,
+    Split,
+    Reject,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Accept => "accept",
+            Action::Rewrite => "rewrite",
+            Action::Split => "split",
+            Action::Reject => "reject",
+        }
+    }
+}
+
+/// What a rewritten message shows in place of its recipients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RewriteTo {
+    /// `To: undisclosed-recipients:;`
+    #[default]
+    Undisclosed,
+    /// `To:` the envelope sender's own address.
+    Sender,
+}
+
+/// What to do when a rewrite or split would break a DKIM signature that covers To or Cc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DkimOnRewrite {
+    /// Refuse the message (`550 5.7.1`): the sender must resend with Bcc.
+    #[default]
+    Reject,
+    /// Sign the altered message with the relay's own key (needs `[policy.dkim]` key settings).
+    Resign,
+    /// Forward with the broken signature, logged as a warning on every message.
+    Forward,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkimConfig {
+    #[serde(default)]
+    pub on_rewrite: DkimOnRewrite,
+    /// PEM (PKCS#8) RSA or Ed25519 private key for `resign`.
+    #[serde(default)]
+    pub private_key: Option<PathBuf>,
+    #[serde(default)]
+    pub domain: Option<String>,
+    #[serde(default)]
+    pub selector: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    #[serde(default)]
+    pub mode: Mode,
+    #[serde(default)]
+    pub internal_domains: Vec<String>,
+    /// Whether `example.org` in `internal_domains` also covers `mail.example.org`.
+    #[serde(default = "default_true")]
+    pub include_subdomains: bool,
+    #[serde(default)]
+    pub rewrite_to: RewriteTo,
+    /// Name of a header added to altered messages (e.g. `X-BCCGuard`); none when unset.
+    #[serde(default)]
+    pub trace_header: Option<String>,
+    #[serde(default)]
+    pub dkim: DkimConfig,
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<RuleConfig>,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            mode: Mode::Enforce,
+            internal_domains: Vec::new(),
+            include_subdomains: true,
+            rewrite_to: RewriteTo::Undisclosed,
+            trace_header: None,
+            dkim: DkimConfig::default(),
+            rules: Vec::new(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub name: String,
+    #[serde(default)]
+    pub min_visible: Option<usize>,
+    #[serde(default)]
+    pub min_visible_external: Option<usize>,
+    #[serde(default)]
+    pub min_external_domains: Option<usize>,
+    /// Rule applies only to these senders (`user@domain` or `*@domain`); empty = everyone.
+    #[serde(default)]
+    pub senders: Vec<String>,
+    #[serde(default)]
+    pub except_senders: Vec<String>,
+    /// Visible addresses that do not count (e.g. distribution lists that are meant to be seen).
+    #[serde(default)]
+    pub except_recipients: Vec<String>,
+    pub action: Action,
+    /// Custom text for `reject` (replaces the default sentence).
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecipientStorage {
+    #[default]
+    Hmac,
+    Plain,
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    #[serde(default = "default_audit_path")]
+    pub path: PathBuf,
+    #[serde(default)]
+    pub recipients: RecipientStorage,
+    #[serde(default = "default_hmac_key_file")]
+    pub hmac_key_file: PathBuf,
+    /// Also record messages that passed unchanged.
+    #[serde(default)]
+    pub log_accepts: bool,
+    /// Rotate the log when it grows past this many bytes (0 = never).
+    #[serde(default)]
+    pub rotate_bytes: u64,
+}
+
+fn default_audit_path() -> PathBuf {
+    PathBuf::from("var/audit.jsonl")
+}
+fn default_hmac_key_file() -> PathBuf {
+    PathBuf::from("var/audit.key")
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            path: default_audit_path(),
+            recipients: RecipientStorage::Hmac,
+            hmac_key_file: default_hmac_key_file(),
+            log_accepts: false,
+            rotate_bytes: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub address: String,
+}
+
+impl Config {
+    /// Loads `path` and applies `BCCGUARD__SECTION__KEY` overrides, then validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let shown = path.display().to_string();
+        let raw = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("BCCGUARD")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true)
+                    .list_separator(",")
+                    .with_list_parse_key("server.relay_networks")
+                    .with_list_parse_key("policy.internal_domains"),
+            )
+            .build()
+            .map_err(|source| ConfigError::Load {
+                path: shown.clone(),
+                source,
+            })?;
+        let mut cfg: Config = raw.try_deserialize().map_err(|source| ConfigError::Load {
+            path: shown.clone(),
+            source,
+        })?;
+        cfg.source_path = path.to_path_buf();
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn invalid(&self, key: &str, why: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.source_path.display().to_string(),
+            key: key.to_string(),
+            why: why.into(),
+        }
+    }
+
+    pub fn relay_networks(&self) -> Result<Vec<IpNet>, ConfigError> {
+        self.server
+            .relay_networks
+            .iter()
+            .map(|n| {
+                n.parse::<IpNet>()
+                    .or_else(|_| n.parse::<std::net::IpAddr>().map(IpNet::from))
+                    .map_err(|_| {
+                        self.invalid(
+                            "server.relay_networks",
+                            format!("`{n}` is not a network (e.g. 192.0.2.0/24)"),
+                        )
+                    })
+            })
+            .collect()
+    }
+
+    /// Refuses configurations that would be dangerous or cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.hostname.trim().is_empty() {
+            return Err(self.invalid("server.hostname", "must not be empty"));
+        }
+        if self.server.max_message_size == 0 {
+            return Err(self.invalid("server.max_message_size", "must be above 0"));
+        }
+        if self.server.max_recipients == 0 {
+            return Err(self.invalid("server.max_recipients", "must be above 0"));
+        }
+        if self.server.max_connections == 0 {
+            return Err(self.invalid("server.max_connections", "must be above 0"));
+        }
+        let networks = self.relay_networks()?;
+        if let Some(open) = networks.iter().find(|n| n.prefix_len() == 0) {
+            return Err(self.invalid(
+                "server.relay_networks",
+                format!(
+                    "`{open}` lets every address on the Internet relay without AUTH: that is an \
+                     open relay. List only your own networks and use AUTH for the rest"
+                ),
+            ));
+        }
+        if self.listeners.is_empty() {
+            return Err(self.invalid("listener", "at least one [[listener]] is needed"));
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            let addr = l
+                .socket_addr()
+                .map_err(|why| self.invalid(&format!("listener[{i}].address"), why))?;
+            if l.tls != TlsMode::None && self.tls.is_none() {
+                return Err(self.invalid(
+                    &format!("listener[{i}].tls"),
+                    "a starttls/implicit listener needs a [tls] section with certificate and private_key",
+                ));
+            }
+            if l.auth != AuthRequirement::None && self.auth.users_file.is_none() {
+                return Err(self.invalid(
+                    &format!("listener[{i}].auth"),
+                    "AUTH needs [auth] users_file (make lines with `bccguard passwd`), or set auth = \"none\"",
+                ));
+            }
+            if l.auth == AuthRequirement::Required && l.tls == TlsMode::None && !l.allow_cleartext_auth
+            {
+                return Err(self.invalid(
+                    &format!("listener[{i}].auth"),
+                    "auth = \"required\" on a listener without TLS can never succeed: set tls, or allow_cleartext_auth on loopback",
+                ));
+            }
+            if l.allow_cleartext_auth && !addr.ip().is_loopback() {
+                return Err(self.invalid(
+                    &format!("listener[{i}].allow_cleartext_auth"),
+                    "cleartext AUTH is only allowed on a loopback address: passwords would cross the network unencrypted",
+                ));
+            }
+        }
+        self.upstream
+            .host_port()
+            .map_err(|why| self.invalid("upstream.address", why))?;
+        if self.upstream.timeout_seconds == 0 {
+            return Err(self.invalid("upstream.timeout_seconds", "must be above 0"));
+        }
+        if self.upstream.username.is_some() != self.upstream.password_file.is_some() {
+            return Err(self.invalid(
+                "upstream.username",
+                "username and password_file go together",
+            ));
+        }
+        for (i, r) in self.policy.rules.iter().enumerate() {
+            if r.name.trim().is_empty() {
+                return Err(self.invalid(&format!("policy.rule[{i}].name"), "must not be empty"));
+            }
+            for s in r.senders.iter().chain(&r.except_senders) {
+                if !s.contains('@') {
+                    return Err(self.invalid(
+                        &format!("policy.rule[{i}].senders"),
+                        format!("`{s}` is not an address or *@domain pattern"),
+                    ));
+                }
+            }
+        }
+        if self.policy.dkim.on_rewrite == DkimOnRewrite::Resign
+            && (self.policy.dkim.private_key.is_none()
+                || self.policy.dkim.domain.is_none()
+                || self.policy.dkim.selector.is_none())
+        {
+            return Err(self.invalid(
+                "policy.dkim.on_rewrite",
+                "`resign` needs policy.dkim.private_key, domain and selector",
+            ));
+        }
+        if let Some(name) = &self.policy.trace_header {
+            let ok = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b':');
+            if !ok {
+                return Err(self.invalid(
+                    "policy.trace_header",
+                    format!("`{name}` is not a valid header field name"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}

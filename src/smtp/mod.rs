@@ -1,0 +1,5 @@
+//! SMTP front end: listeners (plain, STARTTLS, implicit TLS), the per-connection session state
+//! machine, AUTH, strict DATA/BDAT reception, limits and timeouts, graceful shutdown.
+
+pub mod auth;
+pub mod server;
