@@ -162,6 +162,9 @@ pub struct UpstreamConfig {
     /// Name to verify the upstream's certificate against; defaults to the host part of `address`.
     #[serde(default)]
     pub tls_server_name: Option<String>,
+    /// PEM file of the CA(s) that sign the upstream's certificate, instead of the system trust store.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// Accept any upstream certificate (testing only; logged loudly).
     #[serde(default)]
     pub allow_invalid_certs: bool,

@@ -1,3 +1,361 @@
-//! Relay: the upstream side. Opens the upstream session (plain, STARTTLS or implicit TLS, AUTH),
-//! forwards envelope commands one by one and the message data, and maps upstream replies to
-//! what our client is told.
+//! Relay: the upstream side. Opens the upstream session (plain, STARTTLS or implicit TLS, AUTH)
+//! with mail-send, forwards envelope commands one at a time so every verdict can be passed back
+//! to our client as it happens, and streams the message data (header part + untouched body)
+//! with correct dot-stuffing. Every step has a timeout; any transport failure poisons the
+//! session so it is never reused half-way through a transaction.
+
+pub mod dsn;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use mail_send::{Credentials, SmtpClient, SmtpClientBuilder};
+use smtp_proto::EhloResponse;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio_rustls::TlsConnector;
+
+use crate::config::{TlsMode, UpstreamConfig};
+use crate::smtp::reply::Reply;
+
+/// Anything mail-send can talk SMTP over: TCP or TLS over TCP.
+pub trait UpstreamIo: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> UpstreamIo for T {}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot connect to upstream {addr}: {why}")]
+    Connect { addr: String, why: String },
+    #[error("upstream {addr} did not answer within {secs}s")]
+    Timeout { addr: String, secs: u64 },
+    #[error("upstream {addr} connection failed: {why}")]
+    Transport { addr: String, why: String },
+}
+
+impl UpstreamError {
+    /// What our client is told: always temporary, so the client keeps the message and retries.
+    pub fn reply(&self) -> Reply {
+        match self {
+            UpstreamError::Connect { .. } => Reply::new(
+                451,
+                (4, 4, 1),
+                "Upstream mail server unavailable; message not accepted, please try again later",
+            ),
+            UpstreamError::Timeout { .. } => Reply::new(
+                451,
+                (4, 4, 2),
+                "Upstream mail server timed out; message not accepted, please try again later",
+            ),
+            UpstreamError::Transport { .. } => Reply::new(
+                451,
+                (4, 4, 2),
+                "Connection to upstream mail server lost; message not accepted, please try again later",
+            ),
+        }
+    }
+}
+
+/// What the upstream supports, from its EHLO reply.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UpstreamCaps {
+    pub eight_bit_mime: bool,
+    pub smtputf8: bool,
+    pub size: usize,
+}
+
+/// Connection settings for the upstream, built once from the config.
+#[derive(Clone)]
+pub struct Upstream {
+    host: String,
+    port: u16,
+    mode: TlsMode,
+    timeout: Duration,
+    helo_name: String,
+    tls_name: String,
+    connector: TlsConnector,
+    credentials: Option<Arc<Credentials<String>>>,
+}
+
+impl Upstream {
+    pub fn new(cfg: &UpstreamConfig, helo_name: &str) -> anyhow::Result<Upstream> {
+        let (host, port) = cfg.host_port().map_err(anyhow::Error::msg)?;
+        let connector = tls_connector(cfg)?;
+        let credentials = match (&cfg.username, &cfg.password_file) {
+            (Some(user), Some(file)) => {
+                let password = std::fs::read_to_string(file)
+                    .with_context(|| format!("reading upstream.password_file {}", file.display()))?;
+                Some(Arc::new(Credentials::new(
+                    user.clone(),
+                    password.trim_end_matches(['\r', '\n']).to_string(),
+                )))
+            }
+            _ => None,
+        };
+        if cfg.allow_invalid_certs {
+            tracing::warn!("upstream.allow_invalid_certs is on: the upstream's TLS certificate is not checked");
+        }
+        Ok(Upstream {
+            tls_name: cfg.tls_server_name.clone().unwrap_or_else(|| host.clone()),
+            host,
+            port,
+            mode: cfg.tls,
+            timeout: Duration::from_secs(cfg.timeout_seconds),
+            helo_name: helo_name.to_string(),
+            connector,
+            credentials,
+        })
+    }
+
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    fn timeout_err(&self) -> UpstreamError {
+        UpstreamError::Timeout {
+            addr: self.address(),
+            secs: self.timeout.as_secs(),
+        }
+    }
+
+    /// Connects, greets, negotiates TLS as configured, says EHLO and authenticates.
+    pub async fn connect(&self) -> Result<UpstreamSession, UpstreamError> {
+        match tokio::time::timeout(self.timeout, self.connect_inner()).await {
+            Ok(r) => r,
+            Err(_) => Err(self.timeout_err()),
+        }
+    }
+
+    async fn connect_inner(&self) -> Result<UpstreamSession, UpstreamError> {
+        let connect_err = |e: mail_send::Error| UpstreamError::Connect {
+            addr: self.address(),
+            why: describe(&e),
+        };
+        let builder = SmtpClientBuilder::new_with_tls_connector(
+            self.tls_name.clone(),
+            self.port,
+            self.connector.clone(),
+        )
+        .say_ehlo(false)
+        .helo_host(self.helo_name.clone())
+        .timeout(self.timeout);
+        // The builder dials `tls_name:port`; dial the configured host instead when they differ.
+        let builder = SmtpClientBuilder {
+            addr: self.address(),
+            ..builder
+        };
+        let mut client: SmtpClient<Box<dyn UpstreamIo>> = match self.mode {
+            TlsMode::None => {
+                let c = builder.connect_plain().await.map_err(connect_err)?;
+                SmtpClient {
+                    stream: Box::new(c.stream),
+                    timeout: c.timeout,
+                }
+            }
+            TlsMode::Starttls | TlsMode::Implicit => {
+                let c = builder
+                    .implicit_tls(self.mode == TlsMode::Implicit)
+                    .connect()
+                    .await
+                    .map_err(connect_err)?;
+                SmtpClient {
+                    stream: Box::new(c.stream),
+                    timeout: c.timeout,
+                }
+            }
+        };
+        let ehlo: EhloResponse<String> = client.ehlo(&self.helo_name).await.map_err(connect_err)?;
+        if let Some(creds) = &self.credentials {
+            client
+                .authenticate(creds.as_ref(), &ehlo)
+                .await
+                .map_err(connect_err)?;
+        }
+        let caps = UpstreamCaps {
+            eight_bit_mime: ehlo.has_capability(smtp_proto::EXT_8BIT_MIME),
+            smtputf8: ehlo.has_capability(smtp_proto::EXT_SMTP_UTF8),
+            size: ehlo.size,
+        };
+        Ok(UpstreamSession {
+            client,
+            caps,
+            addr: self.address(),
+            timeout: self.timeout,
+            broken: false,
+        })
+    }
+}
+
+fn tls_connector(cfg: &UpstreamConfig) -> anyhow::Result<TlsConnector> {
+    if cfg.allow_invalid_certs {
+        return mail_send::smtp::tls::build_tls_connector(true).map_err(anyhow::Error::msg);
+    }
+    if let Some(ca) = &cfg.ca_file {
+        let pem = std::fs::read(ca).with_context(|| format!("reading upstream.ca_file {}", ca.display()))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            let cert = cert.with_context(|| format!("parsing {}", ca.display()))?;
+            roots
+                .add(cert)
+                .with_context(|| format!("adding a CA from {}", ca.display()))?;
+        }
+        let config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        return Ok(TlsConnector::from(Arc::new(config)));
+    }
+    if cfg.tls == TlsMode::None {
+        // Never used; avoids needing the platform trust store for plain upstreams.
+        let config = rustls::ClientConfig::builder()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        return Ok(TlsConnector::from(Arc::new(config)));
+    }
+    mail_send::smtp::tls::build_tls_connector(false).map_err(anyhow::Error::msg)
+}
+
+fn describe(e: &mail_send::Error) -> String {
+    match e {
+        mail_send::Error::Io(io) => io.to_string(),
+        mail_send::Error::Tls(t) => format!("TLS: {t}"),
+        mail_send::Error::UnexpectedReply(r) => format!("unexpected reply {} {}", r.code, r.message),
+        mail_send::Error::AuthenticationFailed(r) => {
+            format!("authentication failed: {} {}", r.code, r.message)
+        }
+        mail_send::Error::MissingStartTls => "upstream does not offer STARTTLS".to_string(),
+        mail_send::Error::Timeout => "timed out".to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// One open upstream SMTP session.
+pub struct UpstreamSession {
+    client: SmtpClient<Box<dyn UpstreamIo>>,
+    pub caps: UpstreamCaps,
+    addr: String,
+    timeout: Duration,
+    broken: bool,
+}
+
+impl UpstreamSession {
+    /// False once a transport error or timeout happened: the session must be dropped.
+    pub fn usable(&self) -> bool {
+        !self.broken
+    }
+
+    fn transport_err(&mut self, e: mail_send::Error) -> UpstreamError {
+        self.broken = true;
+        match e {
+            mail_send::Error::Timeout => UpstreamError::Timeout {
+                addr: self.addr.clone(),
+                secs: self.timeout.as_secs(),
+            },
+            other => UpstreamError::Transport {
+                addr: self.addr.clone(),
+                why: describe(&other),
+            },
+        }
+    }
+
+    /// Sends one command line (CRLF included) and returns the upstream's reply, whatever its code.
+    pub async fn command(&mut self, line: &str) -> Result<Reply, UpstreamError> {
+        match self.client.cmd(line.as_bytes()).await {
+            Ok(r) => Ok(Reply::from_upstream(&r)),
+            Err(e) => Err(self.transport_err(e)),
+        }
+    }
+
+    pub async fn mail_from(&mut self, from: &str, params: &str) -> Result<Reply, UpstreamError> {
+        self.command(&format!("MAIL FROM:<{from}>{params}\r\n")).await
+    }
+
+    pub async fn rcpt_to(&mut self, to: &str) -> Result<Reply, UpstreamError> {
+        self.command(&format!("RCPT TO:<{to}>\r\n")).await
+    }
+
+    pub async fn rset(&mut self) -> Result<Reply, UpstreamError> {
+        self.command("RSET\r\n").await
+    }
+
+    pub async fn quit(mut self) {
+        let _ = self.client.cmd(b"QUIT\r\n").await;
+    }
+
+    /// DATA with the message given as consecutive parts (e.g. trace header, edited header, body),
+    /// written without joining them. Returns the upstream's final reply (or its DATA refusal).
+    pub async fn data(&mut self, parts: &[&[u8]]) -> Result<Reply, UpstreamError> {
+        let go = self.command("DATA\r\n").await?;
+        if go.code != 354 {
+            return Ok(go);
+        }
+        let write = async {
+            let mut w = BufWriter::with_capacity(64 * 1024, &mut self.client.stream);
+            write_dot_stuffed(&mut w, parts).await?;
+            w.flush().await
+        };
+        match tokio::time::timeout(self.timeout, write).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(self.transport_err(mail_send::Error::Io(e))),
+            Err(_) => return Err(self.transport_err(mail_send::Error::Timeout)),
+        }
+        match tokio::time::timeout(self.timeout, self.client.read()).await {
+            Ok(Ok(r)) => Ok(Reply::from_upstream(&r)),
+            Ok(Err(e)) => Err(self.transport_err(e)),
+            Err(_) => Err(self.transport_err(mail_send::Error::Timeout)),
+        }
+    }
+}
+
+/// Writes `parts` as one DATA payload: a `.` is doubled at every line start (RFC 5321 4.5.2),
+/// the payload is closed with CRLF.CRLF without adding a blank line when it already ends in CRLF.
+pub async fn write_dot_stuffed<W: AsyncWrite + Unpin>(w: &mut W, parts: &[&[u8]]) -> std::io::Result<()> {
+    let mut line_start = true;
+    let mut last_two = [0u8; 2];
+    let mut total = 0usize;
+    for part in parts.iter().filter(|p| !p.is_empty()) {
+        let mut from = 0;
+        if line_start && part[0] == b'.' {
+            w.write_all(b".").await?;
+        }
+        for nl in memchr::memmem::find_iter(part, b"\n.") {
+            w.write_all(&part[from..=nl]).await?;
+            w.write_all(b".").await?;
+            from = nl + 1;
+        }
+        w.write_all(&part[from..]).await?;
+        line_start = part.last() == Some(&b'\n');
+        total += part.len();
+        if part.len() >= 2 {
+            last_two = [part[part.len() - 2], part[part.len() - 1]];
+        } else {
+            last_two = [last_two[1], part[0]];
+        }
+    }
+    if total > 0 && last_two != *b"\r\n" {
+        w.write_all(b"\r\n").await?;
+    }
+    w.write_all(b".\r\n").await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn stuffed(parts: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_dot_stuffed(&mut out, parts).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn dots_are_stuffed_at_every_line_start_across_parts() {
+        assert_eq!(stuffed(&[b".a\r\n", b".b\r\nc.\r\n"]).await, b"..a\r\n..b\r\nc.\r\n.\r\n".to_vec());
+        assert_eq!(stuffed(&[b"x\r\n", b".\r\n"]).await, b"x\r\n..\r\n.\r\n".to_vec());
+    }
+
+    #[tokio::test]
+    async fn no_blank_line_is_added_and_a_missing_final_crlf_is_supplied() {
+        assert_eq!(stuffed(&[b"a\r\n\r\nbody\r\n"]).await, b"a\r\n\r\nbody\r\n.\r\n".to_vec());
+        assert_eq!(stuffed(&[b"a\r\n\r\nbody"]).await, b"a\r\n\r\nbody\r\n.\r\n".to_vec());
+        assert_eq!(stuffed(&[]).await, b".\r\n".to_vec());
+    }
+}

@@ -3,3 +3,8 @@
 
 pub mod auth;
 pub mod server;
+pub mod data;
+pub mod reply;
+pub mod session;
+pub mod stream;
+pub mod tls;
