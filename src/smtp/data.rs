@@ -49,8 +49,11 @@ impl DataError {
 #[derive(Debug)]
 pub struct DataReader {
     max_size: usize,
-    /// Bytes of the current line consumed so far (only used while skipping an over-long line).
+    /// Inside an over-long line whose rest is being discarded.
     skipping_long_line: bool,
+    /// The previous line ended in a real CRLF. Only then can "." CRLF end the data: after a
+    /// bare LF the client and an upstream would disagree on where the message ends.
+    after_crlf: bool,
     error: Option<DataError>,
 }
 
@@ -68,6 +71,7 @@ impl DataReader {
         DataReader {
             max_size,
             skipping_long_line: false,
+            after_crlf: true,
             error: None,
         }
     }
@@ -104,18 +108,20 @@ impl DataReader {
             };
             let line = &rest[..=nl];
             pos += nl + 1;
+            let ends_in_crlf = line.len() >= 2 && line[line.len() - 2] == b'\r';
+            let at_line_start = std::mem::replace(&mut self.after_crlf, ends_in_crlf);
             if self.skipping_long_line {
                 // Tail of an over-long line: cannot be the end marker (that needs a line start).
                 self.skipping_long_line = false;
                 continue;
             }
-            if line == b".\r\n" {
+            if at_line_start && line == b".\r\n" {
                 return Feed::Done { consumed: pos };
             }
             if self.error.is_some() {
                 continue;
             }
-            if line.len() < 2 || line[line.len() - 2] != b'\r' {
+            if !ends_in_crlf {
                 self.fail(DataError::BareLf, message);
                 continue;
             }
@@ -238,7 +244,7 @@ mod tests {
     fn plain_message_is_unstuffed_and_ends_at_crlf_dot_crlf() {
         let (msg, used) = read_all(b"Subject: x\r\n\r\n..leading dot\r\nbody\r\n.\r\nQUIT\r\n");
         assert_eq!(msg.unwrap(), b"Subject: x\r\n\r\n.leading dot\r\nbody\r\n".to_vec());
-        assert_eq!(used, 43);
+        assert_eq!(used, 38, "QUIT after the terminator is not part of the message");
     }
 
     #[test]
@@ -252,15 +258,20 @@ mod tests {
         for (attack, want) in [
             (&b"a\r\n\n.\nMAIL FROM:<x>\r\n.\r\n"[..], DataError::BareLf),
             (b"a\r\n.\nMAIL FROM:<x>\r\n.\r\n", DataError::BareLf),
+            (b"a\n.\n.\r\nMAIL FROM:<x>\r\n.\r\n", DataError::BareLf),
             (b"a\n.\r\nMAIL FROM:<x>\r\n.\r\n", DataError::BareLf),
             (b"a\r.\r\nMAIL FROM:<x>\r\n.\r\n", DataError::BareCr),
             (b"a\r\n.\r\r\nMAIL FROM:<x>\r\n.\r\n", DataError::BareCr),
-            (b"a\r\r\n.\r\nMAIL FROM:<x>\r\n.\r\n", DataError::BareCr),
         ] {
             let (msg, used) = read_all(attack);
             assert_eq!(msg, Err(want), "{attack:?}");
             assert_eq!(used, attack.len(), "must end only at the real CRLF.CRLF: {attack:?}");
         }
+        // Here the bytes do contain CRLF.CRLF (`a\r` then `\r\n.\r\n`): every compliant server
+        // ends there, so ending there is agreement, not smuggling; the message is still refused.
+        let (msg, used) = read_all(b"a\r\r\n.\r\nMAIL FROM:<x>\r\n.\r\n");
+        assert_eq!(msg, Err(DataError::BareCr));
+        assert_eq!(used, 7);
     }
 
     #[test]
