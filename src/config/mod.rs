@@ -117,6 +117,12 @@ pub struct ListenerConfig {
     /// Offer AUTH without TLS. Only honoured on a loopback address.
     #[serde(default)]
     pub allow_cleartext_auth: bool,
+    /// Expect a HAProxy PROXY protocol (v1 or v2) header first; only from `proxy_networks`.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// Load balancers allowed to send a PROXY header (required when `proxy_protocol` is on).
+    #[serde(default)]
+    pub proxy_networks: Vec<String>,
 }
 
 fn default_listener_tls() -> TlsMode {
@@ -326,6 +332,9 @@ pub struct RuleConfig {
     /// Custom text for `reject` (replaces the default sentence).
     #[serde(default)]
     pub message: Option<String>,
+    /// After a rewrite or split, send the sender a short notice of what was done and why.
+    #[serde(default)]
+    pub notify_sender: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
