@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod server;
 pub mod data;
+pub mod proxy;
 pub mod reply;
 pub mod session;
 pub mod stream;

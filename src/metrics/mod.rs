@@ -1,0 +1,1 @@
+//! Metrics: Prometheus counters for every stage and the HTTP endpoint serving /metrics and /healthz.
