@@ -426,18 +426,24 @@ impl Config {
     }
 
     pub fn relay_networks(&self) -> Result<Vec<IpNet>, ConfigError> {
-        self.server
-            .relay_networks
-            .iter()
+        self.parse_networks("server.relay_networks", &self.server.relay_networks)
+    }
+
+    /// The load balancers listener `i` accepts PROXY headers from.
+    pub fn proxy_networks(&self, i: usize) -> Result<Vec<IpNet>, ConfigError> {
+        let key = format!("listener[{i}].proxy_networks");
+        match self.listeners.get(i) {
+            Some(l) => self.parse_networks(&key, &l.proxy_networks),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    fn parse_networks(&self, key: &str, list: &[String]) -> Result<Vec<IpNet>, ConfigError> {
+        list.iter()
             .map(|n| {
                 n.parse::<IpNet>()
                     .or_else(|_| n.parse::<std::net::IpAddr>().map(IpNet::from))
-                    .map_err(|_| {
-                        self.invalid(
-                            "server.relay_networks",
-                            format!("`{n}` is not a network (e.g. 192.0.2.0/24)"),
-                        )
-                    })
+                    .map_err(|_| self.invalid(key, format!("`{n}` is not a network (e.g. 192.0.2.0/24)")))
             })
             .collect()
     }
@@ -490,6 +496,13 @@ impl Config {
                 return Err(self.invalid(
                     &format!("listener[{i}].auth"),
                     "auth = \"required\" on a listener without TLS can never succeed: set tls, or allow_cleartext_auth on loopback",
+                ));
+            }
+            let proxies = self.proxy_networks(i)?;
+            if l.proxy_protocol && proxies.is_empty() {
+                return Err(self.invalid(
+                    &format!("listener[{i}].proxy_networks"),
+                    "proxy_protocol needs the load balancers' addresses: anyone else could forge a client address",
                 ));
             }
             if l.allow_cleartext_auth && !addr.ip().is_loopback() {

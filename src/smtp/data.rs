@@ -18,6 +18,14 @@ pub enum DataError {
 }
 
 impl DataError {
+    /// Label for the rejected-by-reason metric.
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            DataError::BareLf | DataError::BareCr | DataError::LineTooLong => "bad_data",
+            DataError::TooBig => "size",
+        }
+    }
+
     pub fn reply(self, limit: usize) -> super::reply::Reply {
         use super::reply::Reply;
         match self {

@@ -4,6 +4,8 @@
 pub mod auth;
 pub mod server;
 pub mod data;
+pub mod delivery;
+pub mod observe;
 pub mod proxy;
 pub mod reply;
 pub mod session;

@@ -1,9 +1,345 @@
-//! Listeners, connection limit, graceful shutdown.
+//! The running relay: binds the listeners, enforces the connection limit, starts one session
+//! task per client (PROXY header and implicit TLS first where configured), reloads policy and
+//! certificates on SIGHUP, and stops gracefully on SIGTERM/SIGINT.
 
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
-pub fn run_from_cli(_config: &Path) -> ExitCode {
-    eprintln!("serve: not implemented yet");
-    ExitCode::from(2)
+use anyhow::Context;
+use ipnet::IpNet;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tracing::Instrument;
+
+use super::auth::Users;
+use super::observe::Observe;
+use super::reply::Reply;
+use super::session::Session;
+use super::stream::Conn;
+use crate::audit::AuditLog;
+use crate::config::{Config, ListenerConfig, TlsMode};
+use crate::policy::Policy;
+use crate::relay::Upstream;
+use crate::rewrite::Rewriter;
+
+/// What SIGHUP replaces: policy, rewriter (DKIM key), TLS certificates and the users file.
+pub struct Live {
+    pub policy: Policy,
+    pub rewriter: Rewriter,
+    pub tls: Option<TlsAcceptor>,
+    pub users: Option<Users>,
+}
+
+impl Live {
+    pub fn build(cfg: &Config) -> anyhow::Result<Live> {
+        let policy = Policy::new(&cfg.policy).context("building the policy")?;
+        let rewriter = Rewriter::new(&cfg.policy).context("preparing the rewriter")?;
+        let tls = cfg.tls.as_ref().map(super::tls::acceptor).transpose()?;
+        let users = cfg.auth.users_file.as_deref().map(Users::load).transpose()?;
+        Ok(Live {
+            policy,
+            rewriter,
+            tls,
+            users,
+        })
+    }
+}
+
+/// State every session shares.
+pub struct Shared {
+    pub cfg: Config,
+    pub relay_networks: Vec<IpNet>,
+    pub upstream: Upstream,
+    pub audit: AuditLog,
+    pub metrics: Observe,
+    live: RwLock<Arc<Live>>,
+}
+
+impl Shared {
+    pub fn live(&self) -> Arc<Live> {
+        match self.live.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn replace_live(&self, live: Live) {
+        let live = Arc::new(live);
+        match self.live.write() {
+            Ok(mut guard) => *guard = live,
+            Err(poisoned) => *poisoned.into_inner() = live,
+        }
+    }
+}
+
+/// One bound listener's settings.
+pub struct Listener {
+    pub cfg: ListenerConfig,
+    pub local: SocketAddr,
+    pub proxy_networks: Vec<IpNet>,
+}
+
+impl Listener {
+    /// Cleartext AUTH only where passwords cannot cross a network (config validation checks too).
+    pub fn cleartext_auth_allowed(&self) -> bool {
+        self.cfg.allow_cleartext_auth && self.local.ip().is_loopback()
+    }
+}
+
+pub fn run_from_cli(config: &Path) -> ExitCode {
+    // Both ring and aws-lc could be linked in by dependencies; choose explicitly once.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bccguard: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(config.to_path_buf())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("bccguard: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
+    let cfg = Config::load(&config_path)?;
+    let live = Live::build(&cfg)?;
+    let relay_networks = cfg.relay_networks()?;
+    let upstream = Upstream::new(&cfg.upstream, &cfg.server.hostname)?;
+    let audit = AuditLog::open(&cfg.audit, &live.policy.version()).context("opening the audit log")?;
+    if !audit.is_writable() {
+        tracing::error!(
+            path = %cfg.audit.path.display(),
+            "audit log is not writable: messages that need an audit record will get 451 4.3.0 until it is fixed"
+        );
+    }
+    let metrics = cfg.metrics.as_ref().map(|_| Arc::new(crate::metrics::Metrics::new()));
+
+    let mut bound = Vec::new();
+    for (i, lc) in cfg.listeners.iter().enumerate() {
+        let addr = lc.socket_addr().map_err(anyhow::Error::msg)?;
+        let socket = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding listener {addr}"))?;
+        let local = socket.local_addr().unwrap_or(addr);
+        bound.push((
+            Arc::new(Listener {
+                cfg: lc.clone(),
+                local,
+                proxy_networks: cfg.proxy_networks(i)?,
+            }),
+            socket,
+        ));
+    }
+    tracing::info!(policy_version = %live.policy.version(), "policy loaded:\n{}", live.policy.describe());
+    let shared = Arc::new(Shared {
+        relay_networks,
+        upstream,
+        audit,
+        metrics: Observe::new(metrics.clone()),
+        live: RwLock::new(Arc::new(live)),
+        cfg,
+    });
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let limit = Arc::new(Semaphore::new(shared.cfg.server.max_connections));
+    let mut accept_loops = JoinSet::new();
+    let sessions = Arc::new(tokio::sync::Mutex::new(JoinSet::new()));
+    for (listener, socket) in bound {
+        tracing::info!(address = %listener.local, tls = ?listener.cfg.tls, auth = ?listener.cfg.auth, proxy_protocol = listener.cfg.proxy_protocol, "listening");
+        accept_loops.spawn(accept_loop(
+            shared.clone(),
+            listener,
+            socket,
+            limit.clone(),
+            sessions.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
+    let _ = metrics;
+
+    wait_for_stop_signal(&shared, &config_path).await;
+    tracing::info!("shutting down: no new connections; transactions in flight may finish");
+    let _ = shutdown_tx.send(true);
+    accept_loops.shutdown().await;
+    let grace = Duration::from_secs(shared.cfg.server.shutdown_grace_seconds);
+    let mut sessions = sessions.lock().await;
+    let drained = tokio::time::timeout(grace, async {
+        while sessions.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(remaining = sessions.len(), "grace period over: closing remaining sessions");
+        sessions.shutdown().await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Waits for SIGTERM/SIGINT; reloads on SIGHUP in between.
+async fn wait_for_stop_signal(shared: &Arc<Shared>, config_path: &Path) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut hup)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup())) else {
+        tracing::error!("cannot install signal handlers; stop with Ctrl-C");
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = tokio::signal::ctrl_c() => return,
+            _ = hup.recv() => reload(shared, config_path),
+        }
+    }
+}
+
+/// Re-reads the config; a bad one is refused and the old one kept.
+fn reload(shared: &Shared, config_path: &Path) {
+    let result = Config::load(config_path)
+        .map_err(anyhow::Error::from)
+        .and_then(|cfg| Live::build(&cfg).map(|live| (cfg, live)));
+    match result {
+        Ok((cfg, live)) => {
+            let old_version = shared.live().policy.version();
+            let version = live.policy.version();
+            if cfg.listeners.len() != shared.cfg.listeners.len()
+                || cfg.upstream.address != shared.cfg.upstream.address
+                || cfg.audit.path != shared.cfg.audit.path
+                || cfg.server.relay_networks != shared.cfg.server.relay_networks
+            {
+                tracing::warn!("reload: listener, upstream, relay_networks and audit changes take effect only after a restart");
+            }
+            shared.audit.set_policy_version(&version);
+            shared.replace_live(live);
+            tracing::info!(old = %old_version, new = %version, "reload: policy, TLS certificates and users reloaded:\n{}", shared.live().policy.describe());
+        }
+        Err(e) => tracing::error!("reload refused, keeping the running configuration: {e:#}"),
+    }
+}
+
+static SESSION_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Short unique session id: start time and a counter, so ids sort and never repeat across restarts.
+fn session_id() -> String {
+    static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    });
+    let n = SESSION_COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{start:x}-{n:x}")
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: Arc<Listener>,
+    socket: TcpListener,
+    limit: Arc<Semaphore>,
+    sessions: Arc<tokio::sync::Mutex<JoinSet<()>>>,
+    shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (tcp, peer) = match socket.accept().await {
+            Ok(pair) => pair,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!("accept on {}: {e}", listener.local);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            shared.metrics.rejected("connection_limit");
+            tokio::spawn(refuse_busy(tcp));
+            continue;
+        };
+        let shared = shared.clone();
+        let listener = listener.clone();
+        let shutdown = shutdown.clone();
+        let id = session_id();
+        let span = tracing::info_span!("session", id = %id);
+        let task = async move {
+            let _permit = permit;
+            serve_connection(shared, listener, tcp, peer, id, shutdown).await;
+        }
+        .instrument(span);
+        let mut set = sessions.lock().await;
+        // Reap finished sessions so the set does not grow without bound.
+        while set.try_join_next().is_some() {}
+        set.spawn(task);
+    }
+}
+
+async fn refuse_busy(mut tcp: TcpStream) {
+    let reply = Reply::new(421, (4, 3, 2), "Too many connections, please try again later");
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.write_all(&reply.to_wire())).await;
+}
+
+async fn serve_connection(
+    shared: Arc<Shared>,
+    listener: Arc<Listener>,
+    tcp: TcpStream,
+    socket_peer: SocketAddr,
+    id: String,
+    shutdown: watch::Receiver<bool>,
+) {
+    let timeout = Duration::from_secs(shared.cfg.server.command_timeout_seconds);
+    let (tcp, peer) = match resolve_peer(&listener, tcp, socket_peer, timeout).await {
+        Some(pair) => pair,
+        None => return,
+    };
+    tracing::info!(client = %peer, listener = %listener.local, "connected");
+    let conn = if listener.cfg.tls == TlsMode::Implicit {
+        let Some(acceptor) = shared.live().tls.clone() else {
+            return;
+        };
+        match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => {
+                shared.metrics.tls_handshake(true);
+                Conn::Tls(Box::new(tls))
+            }
+            Ok(Err(e)) => {
+                shared.metrics.tls_handshake(false);
+                tracing::info!("TLS handshake failed: {e}");
+                return;
+            }
+            Err(_) => {
+                shared.metrics.tls_handshake(false);
+                tracing::info!("TLS handshake timed out");
+                return;
+            }
+        }
+    } else {
+        Conn::Plain(tcp)
+    };
+    let label = listener.local.to_string();
+    shared.metrics.session_opened(&label);
+    let end = Session::new(shared.clone(), listener, id, peer, conn, shutdown).run().await;
+    shared.metrics.session_closed(&label);
+    tracing::info!(end = ?end, "disconnected");
+}
+
+/// The client's real address: the socket peer, or what a trusted load balancer's PROXY header says.
+async fn resolve_peer(
+    listener: &Listener,
+    tcp: TcpStream,
+    socket_peer: SocketAddr,
+    timeout: Duration,
+) -> Option<(TcpStream, SocketAddr)> {
+    let _ = (listener, timeout);
+    Some((tcp, socket_peer))
 }
