@@ -58,7 +58,7 @@ pub async fn deliver(s: &mut Session, raw: Vec<u8>) -> Reply {
                 header_digest_forwarded: None,
             };
             reset_upstream(s).await;
-            return match s.shared.audit.record(event).await {
+            return match record(&s.shared.clone(), event).await {
                 Ok(_) => reply,
                 Err(e) => {
                     tracing::error!("audit write failed: {e}");
@@ -105,6 +105,21 @@ pub async fn deliver(s: &mut Session, raw: Vec<u8>) -> Reply {
         Action::Split => split(s, &raw, &sender, &rcpts, &decision).await,
     };
 
+    if d_notify(&decision, effective) && reply.is_positive() {
+        notify_intervention(s, &sender, &raw, &decision).await;
+    }
+    s.shared.metrics.message(
+        decision.action.as_str(),
+        decision.rule.as_deref().unwrap_or("-"),
+        mode_str(decision.mode),
+    );
+    if !reply.is_positive() {
+        s.shared.metrics.rejected(match effective {
+            Action::Reject => "policy",
+            _ if reply.is_transient() => "upstream_temp",
+            _ => "upstream_perm",
+        });
+    }
     tracing::info!(
         action = effective.as_str(),
         rule = decision.rule.as_deref().unwrap_or("-"),
@@ -137,7 +152,7 @@ pub async fn deliver(s: &mut Session, raw: Vec<u8>) -> Reply {
         header_digest_original: digest_original,
         header_digest_forwarded: forwarded_digest,
     };
-    match s.shared.audit.record(event).await {
+    match record(&s.shared.clone(), event).await {
         Ok(_) => reply,
         Err(e) => {
             tracing::error!("audit write failed after the upstream answered: {e}");
@@ -263,7 +278,7 @@ async fn split(s: &mut Session, raw: &[u8], sender: &str, rcpts: &[String], d: &
     }
     if !failures.is_empty() {
         // Some copies are out and cannot be recalled: accept, and tell the sender which failed.
-        notify_sender(s, sender, raw, &failures).await;
+        notify_failures(s, sender, raw, &failures).await;
     }
     let text = if failures.is_empty() {
         format!("Message split into {total} copies, one per recipient; all accepted by upstream")
@@ -307,44 +322,60 @@ async fn send_copy(
 }
 
 /// Sends a delivery status notification for failed split copies to the envelope sender.
-async fn notify_sender(s: &mut Session, sender: &str, raw: &[u8], failures: &[(String, Reply)]) {
-    if sender.is_empty() {
-        return; // Never answer a bounce with a bounce.
-    }
-    let header = crate::message::header::split(raw)
-        .map(|h| &raw[..h.header_end])
-        .unwrap_or(&raw[..0]);
+async fn notify_failures(s: &mut Session, sender: &str, raw: &[u8], failures: &[(String, Reply)]) {
+    let header = original_header(raw);
     let details: Vec<(String, String)> = failures.iter().map(|(r, reply)| (r.clone(), reply.to_string())).collect();
     let report = crate::relay::dsn::failure_report(&s.shared.cfg.server.hostname, sender, header, &details);
+    send_generated(s, sender, &report, "delivery report for failed split copies").await;
+}
+
+/// Tells the sender that their message went out altered, and why (per-rule `notify_sender`).
+async fn notify_intervention(s: &mut Session, sender: &str, raw: &[u8], d: &Decision) {
+    let notice = s
+        .shared
+        .live()
+        .rewriter
+        .sender_notice(&s.shared.cfg.server.hostname, sender, d, original_header(raw));
+    send_generated(s, sender, &notice, "notice to the sender").await;
+}
+
+fn original_header(raw: &[u8]) -> &[u8] {
+    crate::message::header::split(raw)
+        .map(|h| &raw[..h.header_end])
+        .unwrap_or(&raw[..0])
+}
+
+/// Sends a message the relay wrote itself, from the null sender so it can never bounce back.
+/// Best effort: the client's message is already delivered, so a failure is only logged.
+async fn send_generated(s: &mut Session, to: &str, message: &[u8], what: &str) {
+    if to.is_empty() {
+        return; // Never answer a bounce with a bounce.
+    }
     let result = async {
-        let up = match s.upstream.as_mut().filter(|u| u.usable()) {
-            Some(up) => up,
-            None => {
-                s.upstream = Some(s.shared.upstream.connect().await?);
-                match s.upstream.as_mut() {
-                    Some(u) => u,
-                    None => return Ok(Reply::new(451, (4, 4, 1), "no upstream")),
-                }
-            }
+        if s.upstream.as_ref().is_none_or(|u| !u.usable()) {
+            s.upstream = Some(s.shared.upstream.connect().await?);
+        }
+        let Some(up) = s.upstream.as_mut() else {
+            return Ok(Reply::new(451, (4, 4, 1), "no upstream"));
         };
         let r = up.mail_from("", "").await?;
         if !r.is_positive() {
             return Ok(r);
         }
-        let r = up.rcpt_to(sender).await?;
+        let r = up.rcpt_to(to).await?;
         if !r.is_positive() {
             let _ = up.rset().await?;
             return Ok(r);
         }
-        up.data(&[&report]).await
+        up.data(&[message]).await
     }
     .await;
     match result {
-        Ok(r) if r.is_positive() => tracing::info!(failed = failures.len(), "delivery report sent to sender"),
-        Ok(r) => tracing::error!(reply = %r, "delivery report for failed split copies refused by upstream"),
+        Ok(r) if r.is_positive() => tracing::info!("{what} sent"),
+        Ok(r) => tracing::error!(reply = %r, "{what} refused by upstream"),
         Err(e) => {
             s.upstream = None;
-            tracing::error!("delivery report for failed split copies not sent: {e}");
+            tracing::error!("{what} not sent: {e}");
         }
     }
 }
@@ -356,4 +387,26 @@ fn message_id(raw: &[u8]) -> Option<String> {
     let text = String::from_utf8_lossy(field.value);
     let id: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
     (!id.is_empty()).then_some(id)
+}
+
+fn d_notify(d: &Decision, effective: Action) -> bool {
+    d.notify_sender && matches!(effective, Action::Rewrite | Action::Split)
+}
+
+fn mode_str(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Enforce => "enforce",
+        Mode::Monitor => "monitor",
+    }
+}
+
+/// Writes one audit record, timing the durable write for the metrics.
+async fn record(s: &super::server::Shared, event: AuditEvent) -> Result<u64, crate::audit::AuditError> {
+    let started = std::time::Instant::now();
+    let result = s.audit.record(event).await;
+    s.metrics.audit_write(started.elapsed().as_secs_f64());
+    if result.is_err() {
+        s.metrics.rejected("audit_unavailable");
+    }
+    result
 }

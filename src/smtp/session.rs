@@ -24,7 +24,9 @@ const MAX_COMMAND_LINE: usize = 4096;
 /// Bad commands tolerated before the connection is dropped (stops protocol-confused peers and scanners).
 const MAX_BAD_COMMANDS: u32 = 20;
 const MAX_AUTH_FAILURES: u32 = 3;
-const READ_CHUNK: usize = 64 * 1024;
+/// Read sizes: small between commands so idle connections cost little memory, large for content.
+const COMMAND_READ: usize = 4 * 1024;
+const CONTENT_READ: usize = 64 * 1024;
 
 /// The envelope of the transaction in progress.
 #[derive(Debug, Clone, Default)]
@@ -195,13 +197,17 @@ impl Session {
 
     /// Reads more bytes into `input`. Replies queued so far are sent first (RFC 2920: a server
     /// may batch replies, but must flush before it waits for the client).
-    async fn fill(&mut self, timeout: Duration, idle: bool) -> Result<(), End> {
+    async fn fill(&mut self, timeout: Duration, idle: bool, chunk: usize) -> Result<(), End> {
         self.flush().await.map_err(End::Io)?;
         let Some(conn) = self.conn.as_mut() else {
             return Err(End::Closed);
         };
         let start = self.input.len();
-        self.input.resize(start + READ_CHUNK, 0);
+        if idle && self.input.capacity() > 2 * COMMAND_READ {
+            // Give back a large content buffer while the client sits idle.
+            self.input.shrink_to(COMMAND_READ);
+        }
+        self.input.resize(start + chunk, 0);
         let read = conn.read(&mut self.input[start..]);
         let result = if idle {
             let shutdown = self.shutdown.clone();
@@ -261,7 +267,7 @@ impl Session {
                 // Keep discarding until the line ends, then answer once.
                 self.input.clear();
                 loop {
-                    self.fill(timeout, false).await?;
+                    self.fill(timeout, false, COMMAND_READ).await?;
                     if let Some(i) = memchr::memchr(b'\n', &self.input) {
                         self.input.drain(..=i);
                         return Ok(Line::Invalid(Reply::new(500, (5, 5, 2), "Command line too long")));
@@ -270,7 +276,7 @@ impl Session {
                 }
             }
             let idle = self.input.is_empty();
-            self.fill(timeout, idle).await?;
+            self.fill(timeout, idle, COMMAND_READ).await?;
         }
     }
 
@@ -758,7 +764,7 @@ impl Session {
                     in_flight.add(message.len().saturating_sub(before));
                 }
             }
-            if let Err(end) = self.fill(timeout, false).await {
+            if let Err(end) = self.fill(timeout, false, CONTENT_READ).await {
                 self.abort_transaction().await;
                 return Err(end);
             }
@@ -787,7 +793,7 @@ impl Session {
         let mut in_flight = self.shared.metrics.in_flight();
         while remaining > 0 {
             if self.input.is_empty() {
-                if let Err(end) = self.fill(timeout, false).await {
+                if let Err(end) = self.fill(timeout, false, CONTENT_READ).await {
                     self.abort_transaction().await;
                     return Err(end);
                 }
