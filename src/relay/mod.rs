@@ -7,7 +7,7 @@
 pub mod dsn;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use mail_send::{Credentials, SmtpClient, SmtpClientBuilder};
@@ -74,7 +74,13 @@ pub struct Upstream {
     tls_name: String,
     connector: TlsConnector,
     credentials: Option<Arc<Credentials<String>>>,
+    /// Idle upstream sessions, kept so a new client need not pay connect + greeting + EHLO + TLS.
+    pool: Arc<std::sync::Mutex<Vec<(UpstreamSession, Instant)>>>,
 }
+
+/// Most idle upstream sessions kept, and for how long (well under MTAs' 300 s idle timeout).
+const POOL_MAX: usize = 64;
+const POOL_IDLE: Duration = Duration::from_secs(30);
 
 impl Upstream {
     pub fn new(cfg: &UpstreamConfig, helo_name: &str) -> anyhow::Result<Upstream> {
@@ -103,6 +109,7 @@ impl Upstream {
             helo_name: helo_name.to_string(),
             connector,
             credentials,
+            pool: Arc::default(),
         })
     }
 
@@ -114,6 +121,41 @@ impl Upstream {
         UpstreamError::Timeout {
             addr: self.address(),
             secs: self.timeout.as_secs(),
+        }
+    }
+
+    /// An idle pooled session if there is a fresh one, else a new connection. A pooled session may
+    /// still have been closed by the upstream meanwhile: callers retry once with [`Upstream::connect`].
+    pub async fn checkout(&self) -> Result<UpstreamSession, UpstreamError> {
+        loop {
+            let idle = match self.pool.lock() {
+                Ok(mut pool) => pool.pop(),
+                Err(_) => None,
+            };
+            match idle {
+                Some((session, since)) if since.elapsed() < POOL_IDLE && session.usable() => return Ok(session),
+                Some((session, _)) => {
+                    tokio::spawn(session.quit());
+                }
+                None => return self.connect().await,
+            }
+        }
+    }
+
+    /// Returns a session with no transaction open to the pool (or closes it when the pool is full).
+    pub fn checkin(&self, session: UpstreamSession) {
+        if !session.usable() {
+            return;
+        }
+        let rejected = match self.pool.lock() {
+            Ok(mut pool) if pool.len() < POOL_MAX => {
+                pool.push((session, Instant::now()));
+                None
+            }
+            _ => Some(session),
+        };
+        if let Some(session) = rejected {
+            tokio::spawn(session.quit());
         }
     }
 

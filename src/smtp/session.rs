@@ -163,7 +163,11 @@ impl Session {
         }
         let _ = self.flush().await;
         if let Some(up) = self.upstream.take() {
-            up.quit().await;
+            if self.tx.is_none() && !matches!(end, End::Io(_)) {
+                self.shared.upstream.checkin(up);
+            } else {
+                up.quit().await;
+            }
         }
         if let Some(mut conn) = self.conn.take() {
             let _ = tokio::time::timeout(Duration::from_secs(2), conn.shutdown()).await;
@@ -618,7 +622,12 @@ impl Session {
     ) -> Result<Reply, Reply> {
         for attempt in 0..2 {
             if self.upstream.as_ref().is_none_or(|u| !u.usable()) {
-                match self.shared.upstream.connect().await {
+                let fresh = if attempt == 0 {
+                    self.shared.upstream.checkout().await
+                } else {
+                    self.shared.upstream.connect().await
+                };
+                match fresh {
                     Ok(up) => self.upstream = Some(up),
                     Err(e) => {
                         tracing::warn!("{e}");
@@ -649,6 +658,10 @@ impl Session {
                 params.push_str(&format!(" SIZE={}", from.size));
             }
             match up.mail_from(&from.address, &params).await {
+                Ok(reply) if reply.code == 421 && attempt == 0 => {
+                    // A reused session the upstream is closing (idle timeout): try a fresh one.
+                    self.upstream = None;
+                }
                 Ok(reply) => {
                     self.shared.metrics.upstream_reply(Some(reply.code));
                     tx.upstream_params = params;
