@@ -1,20 +1,25 @@
 //! Policy: decides what happens to a message from what it shows its readers.
 //! Owns the visible-recipient finder ([`visible`], [`address`]), internal/external counting and
 //! the admin's rules ([`rules`]); returns a [`Decision`] and never touches the message bytes.
-//! INTERFACE STUB — the policy helper implements `Policy`.
 
 pub mod address;
 pub mod rules;
 pub mod visible;
 
+use sha2::{Digest, Sha256};
+
 pub use crate::config::{Action, Mode};
-use crate::config::PolicyConfig;
+use crate::config::{DkimOnRewrite, PolicyConfig, RewriteTo};
+use rules::{plural, Counts, InternalDomains, Outcome, Rule};
 pub use visible::{Unreadable, Visible};
 
 /// The effective policy, compiled from config once per (re)load.
 #[derive(Debug, Clone)]
 pub struct Policy {
     cfg: PolicyConfig,
+    internal: InternalDomains,
+    rules: Vec<Rule>,
+    version: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,14 +28,23 @@ pub struct Decision {
     pub action: Action,
     pub mode: Mode,
     pub rule: Option<String>,
-    /// One sentence a person understands.
+    /// One sentence a person understands. Names counts and the rule, never an address.
     pub reason: String,
+    /// Every visible address (distinct, domain lower-cased, first-seen order).
     pub visible: Vec<String>,
+    /// Outside addresses among `visible` (before any rule exception: this is what was exposed).
     pub visible_external: usize,
+    /// Distinct outside domains among `visible`.
     pub external_domains: usize,
     pub bcc_header_stripped: bool,
-    /// Text for the 550 reply when the action is reject.
+    /// Text for the 550 reply when the action is reject (one line, ASCII).
     pub reject_text: Option<String>,
+    /// The matching rule asks for a notice to the sender after a rewrite or split.
+    pub notify_sender: bool,
+    /// Visible addresses the matching rule's `except_recipients` left out of its counts.
+    pub not_counted: Vec<String>,
+    /// Header fields the finder could not read strictly and counted on the safe side.
+    pub lenient_fields: Vec<String>,
 }
 
 impl Decision {
@@ -45,37 +59,445 @@ impl Decision {
 }
 
 impl Policy {
+    /// Compiles the rules; an error names the key and rule that make no sense.
     pub fn new(cfg: &PolicyConfig) -> anyhow::Result<Policy> {
-        Ok(Policy { cfg: cfg.clone() })
+        let (internal, rules) = rules::compile(cfg).map_err(anyhow::Error::msg)?;
+        // serde_json of the whole section is canonical enough: field order is the struct's,
+        // and any change an admin can make to behaviour changes these bytes.
+        let canonical = serde_json::to_vec(cfg)?;
+        let version = hex::encode(Sha256::digest(&canonical));
+        Ok(Policy {
+            cfg: cfg.clone(),
+            internal,
+            rules,
+            version,
+        })
     }
 
     /// Hash of the effective policy (hex SHA-256), recorded in every audit record.
     pub fn version(&self) -> String {
-        String::new()
+        self.version.clone()
     }
 
     pub fn mode(&self) -> Mode {
         self.cfg.mode
     }
 
-    /// The effective policy in words (for `config check` and the start-up log).
-    pub fn describe(&self) -> String {
-        String::new()
+    pub fn internal_domains(&self) -> &InternalDomains {
+        &self.internal
     }
 
-    pub fn decide(&self, sender: &str, envelope_rcpts: &[String], raw: &[u8]) -> Result<Decision, Unreadable> {
-        let _ = (sender, envelope_rcpts);
+    /// The effective policy in words (for `config check` and the start-up log).
+    pub fn describe(&self) -> String {
+        let mut s = String::new();
+        let mode = match self.cfg.mode {
+            Mode::Enforce => "enforce: decisions are carried out",
+            Mode::Monitor => {
+                "monitor: decisions are only logged and audited; every message is delivered unchanged"
+            }
+        };
+        s.push_str(&format!("Mode: {mode}.\n"));
+        match self.internal.domains() {
+            [] => s.push_str(
+                "Internal domains: none configured, so every recipient counts as outside.\n",
+            ),
+            d => s.push_str(&format!(
+                "Internal domains: {}{}.\n",
+                d.join(", "),
+                if self.internal.subdomains() {
+                    " (and their subdomains)"
+                } else {
+                    " (exactly; subdomains count as outside)"
+                }
+            )),
+        }
+        s.push_str("Always: any Bcc or Resent-Bcc field is removed before forwarding.\n");
+        if self.rules.is_empty() {
+            s.push_str("Rules: none; every message is accepted unchanged.\n");
+        } else {
+            s.push_str("Rules (the first that matches wins; if none matches, the message is accepted unchanged):\n");
+        }
+        for (i, r) in self.rules.iter().enumerate() {
+            let conds = r.conditions_in_words();
+            let when = if conds.is_empty() {
+                "every message".to_string()
+            } else {
+                format!("when {}", conds.join(" and "))
+            };
+            let what = match r.action {
+                Action::Accept => "accept unchanged".to_string(),
+                Action::Rewrite => format!(
+                    "rewrite: replace To/Cc with \"To: {}\"",
+                    match self.cfg.rewrite_to {
+                        RewriteTo::Undisclosed => "undisclosed-recipients:;",
+                        RewriteTo::Sender => "<the sender>",
+                    }
+                ),
+                Action::Split => {
+                    "split: one copy per envelope recipient, each addressed to that recipient alone"
+                        .to_string()
+                }
+                Action::Reject => format!(
+                    "reject with 550 5.7.1 \"{}\"",
+                    r.message
+                        .clone()
+                        .unwrap_or_else(|| "<default text naming the count and the fix>".into())
+                ),
+            };
+            s.push_str(&format!("  {}. '{}': {when} -> {what}", i + 1, r.name));
+            if !r.except_recipients.is_empty() {
+                let list: Vec<String> = r.except_recipients.iter().map(|p| p.to_string()).collect();
+                s.push_str(&format!("; not counting {}", list.join(", ")));
+            }
+            if r.notify_sender {
+                s.push_str("; the sender gets a notice");
+            }
+            s.push_str(".\n");
+        }
+        match &self.cfg.trace_header {
+            Some(h) => s.push_str(&format!("Altered messages carry a \"{h}:\" trace field.\n")),
+            None => s.push_str("No trace field is added to altered messages.\n"),
+        }
+        let dkim = match self.cfg.dkim.on_rewrite {
+            DkimOnRewrite::Reject => "refuse the message (550 5.7.1) and ask for Bcc".to_string(),
+            DkimOnRewrite::Resign => format!(
+                "re-sign the altered message as d={} s={}",
+                self.cfg.dkim.domain.as_deref().unwrap_or("?"),
+                self.cfg.dkim.selector.as_deref().unwrap_or("?")
+            ),
+            DkimOnRewrite::Forward => {
+                "forward it anyway (the signature breaks; logged as a warning)".to_string()
+            }
+        };
+        s.push_str(&format!(
+            "DKIM: when a rewrite or split would break a signature over To/Cc: {dkim}.\n"
+        ));
+        s.push_str(&format!("Policy version: {}\n", self.version));
+        s
+    }
+
+    pub fn decide(
+        &self,
+        sender: &str,
+        envelope_rcpts: &[String],
+        raw: &[u8],
+    ) -> Result<Decision, Unreadable> {
+        // The envelope does not change what the message shows; it only matters to the rewrite.
+        let _ = envelope_rcpts;
         let v = visible::find_visible(raw)?;
-        Ok(Decision {
-            action: Action::Accept,
+        Ok(self.decide_visible(sender, v))
+    }
+
+    /// The decision for an already-found visible set (pure: no message bytes).
+    pub fn decide_visible(&self, sender: &str, v: Visible) -> Decision {
+        let outcome = rules::evaluate(&self.internal, &self.rules, sender, &v);
+        let rule = outcome.rule.and_then(|i| self.rules.get(i));
+        let reason = self.reason(rule, &outcome);
+        let action = rule.map_or(Action::Accept, |r| r.action);
+        let reject_text = match rule {
+            Some(r) if r.action == Action::Reject => Some(reject_text(r, &outcome)),
+            _ => None,
+        };
+        Decision {
+            action,
             mode: self.cfg.mode,
-            rule: None,
-            reason: String::new(),
+            rule: rule.map(|r| r.name.clone()),
+            reason,
             visible: v.addresses,
-            visible_external: 0,
-            external_domains: 0,
+            visible_external: outcome.all.external,
+            external_domains: outcome.all.external_domains,
             bcc_header_stripped: v.bcc_present,
-            reject_text: None,
+            reject_text,
+            notify_sender: rule.is_some_and(|r| r.notify_sender),
+            not_counted: outcome.not_counted,
+            lenient_fields: v.lenient_fields,
+        }
+    }
+
+    fn reason(&self, rule: Option<&Rule>, o: &Outcome) -> String {
+        let shows = shows_phrase(&o.all, &self.internal);
+        let mut s = match rule {
+            None => format!("{shows}; no rule matches, so it goes out unchanged"),
+            Some(r) => {
+                let conds = r.conditions_in_words();
+                let cond = if conds.is_empty() {
+                    "(every message)".to_string()
+                } else {
+                    format!("({})", conds.join(", "))
+                };
+                let excepted = if o.not_counted.is_empty() {
+                    String::new()
+                } else {
+                    let n = o.not_counted.len();
+                    format!(
+                        ", {} not counted as the rule allows",
+                        if n == 1 {
+                            "1 listed address".to_string()
+                        } else {
+                            format!("{n} listed addresses")
+                        }
+                    )
+                };
+                format!(
+                    "{shows}{excepted}; rule '{}' {cond} {}",
+                    r.name,
+                    r.action_phrase()
+                )
+            }
+        };
+        if self.cfg.mode == Mode::Monitor && rule.is_some_and(|r| r.action != Action::Accept) {
+            s.push_str(" (monitor mode: delivered unchanged)");
+        }
+        s.push('.');
+        s
+    }
+}
+
+/// "The message shows 18 recipients (18 outside example.org, 12 domains) to each other".
+fn shows_phrase(c: &Counts, internal: &InternalDomains) -> String {
+    if c.visible == 0 {
+        return "The message shows no recipients".to_string();
+    }
+    let detail = format!(
+        "{} {}, {} {}",
+        c.external,
+        internal.outside_label(),
+        c.external_domains,
+        plural(c.external_domains, "domain", "domains")
+    );
+    let detail = if internal.domains().is_empty() {
+        format!("{detail}; no internal domains are configured")
+    } else {
+        detail
+    };
+    if c.visible == 1 {
+        format!("The message shows 1 recipient ({detail})")
+    } else {
+        format!(
+            "The message shows {} recipients ({detail}) to each other",
+            c.visible
+        )
+    }
+}
+
+/// The 550 text: the rule's own sentence, or one that names the count, the limit and the fix.
+fn reject_text(r: &Rule, o: &Outcome) -> String {
+    let text = match &r.message {
+        Some(m) => m.clone(),
+        None => {
+            let c = &o.counted;
+            let what = if let Some(n) = r.min_visible_external.filter(|&n| n > 0) {
+                format!(
+                    "it would show {} outside {} each other's addresses (this relay refuses {n} or more)",
+                    c.external,
+                    plural(c.external, "recipient", "recipients")
+                )
+            } else if let Some(n) = r.min_external_domains.filter(|&n| n > 0) {
+                format!(
+                    "it would show recipients at {} outside {} each other's addresses (this relay refuses {n} or more domains)",
+                    c.external_domains,
+                    plural(c.external_domains, "domain", "domains")
+                )
+            } else if let Some(n) = r.min_visible.filter(|&n| n > 0) {
+                format!(
+                    "it would show {} {} each other's addresses (this relay refuses {n} or more)",
+                    c.visible,
+                    plural(c.visible, "recipient", "recipients")
+                )
+            } else {
+                format!(
+                    "it would show {} {} each other's addresses, which rule '{}' does not allow",
+                    c.visible,
+                    plural(c.visible, "recipient", "recipients"),
+                    r.name
+                )
+            };
+            format!("Message not sent: {what}. Put the recipients in Bcc and send it again.")
+        }
+    };
+    one_ascii_line(&text)
+}
+
+/// Makes text safe for an SMTP reply line: printable ASCII only, no line breaks.
+pub fn one_ascii_line(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c == ' ' || c.is_ascii_graphic() {
+                c
+            } else if c.is_whitespace() {
+                ' '
+            } else {
+                '?'
+            }
         })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RuleConfig;
+
+    fn rule(name: &str, action: Action) -> RuleConfig {
+        RuleConfig {
+            name: name.into(),
+            min_visible: None,
+            min_visible_external: None,
+            min_external_domains: None,
+            senders: vec![],
+            except_senders: vec![],
+            except_recipients: vec![],
+            action,
+            message: None,
+            notify_sender: false,
+        }
+    }
+
+    fn policy(rules: Vec<RuleConfig>, mode: Mode) -> Policy {
+        Policy::new(&PolicyConfig {
+            mode,
+            internal_domains: vec!["example.org".into()],
+            rules,
+            ..PolicyConfig::default()
+        })
+        .unwrap()
+    }
+
+    fn vis(addrs: &[String], bcc: bool) -> Visible {
+        Visible {
+            addresses: addrs.to_vec(),
+            bcc_present: bcc,
+            lenient_fields: vec![],
+        }
+    }
+
+    fn outside(n: usize, domains: usize) -> Vec<String> {
+        (0..n)
+            .map(|i| format!("u{i}@d{}.net", i % domains))
+            .collect()
+    }
+
+    #[test]
+    fn reason_names_counts_and_rule() {
+        let mut r = rule("many-external", Action::Rewrite);
+        r.min_visible_external = Some(6);
+        r.notify_sender = true;
+        let p = policy(vec![r], Mode::Enforce);
+        let d = p.decide_visible("a@example.org", vis(&outside(18, 12), true));
+        assert_eq!(d.action, Action::Rewrite);
+        assert_eq!(d.rule.as_deref(), Some("many-external"));
+        assert_eq!(
+            d.reason,
+            "The message shows 18 recipients (18 outside example.org, 12 domains) to each other; \
+             rule 'many-external' (6 or more outside addresses) hides them."
+        );
+        assert!(d.notify_sender);
+        assert!(d.bcc_header_stripped);
+        assert_eq!((d.visible_external, d.external_domains), (18, 12));
+        assert!(d.reject_text.is_none());
+    }
+
+    #[test]
+    fn default_reject_text_names_count_limit_and_fix() {
+        let mut r = rule("mass", Action::Reject);
+        r.min_visible_external = Some(20);
+        let p = policy(vec![r], Mode::Enforce);
+        let d = p.decide_visible("", vis(&outside(25, 3), false));
+        let t = d.reject_text.clone().unwrap();
+        assert_eq!(
+            t,
+            "Message not sent: it would show 25 outside recipients each other's addresses \
+             (this relay refuses 20 or more). Put the recipients in Bcc and send it again."
+        );
+        assert!(t.is_ascii() && !t.contains('\n'));
+        assert_eq!(d.effective_action(), Action::Reject);
+    }
+
+    #[test]
+    fn custom_reject_message_and_monitor_mode() {
+        let mut r = rule("mass", Action::Reject);
+        r.min_visible = Some(2);
+        r.message = Some("Use Bcc, please.".into());
+        let p = policy(vec![r], Mode::Monitor);
+        let d = p.decide_visible("", vis(&outside(3, 1), false));
+        assert_eq!(d.reject_text.as_deref(), Some("Use Bcc, please."));
+        assert_eq!(d.action, Action::Reject);
+        assert_eq!(d.effective_action(), Action::Accept);
+        assert!(
+            d.reason.ends_with("(monitor mode: delivered unchanged)."),
+            "{}",
+            d.reason
+        );
+    }
+
+    #[test]
+    fn no_match_is_accept_with_a_reason() {
+        let mut r = rule("many", Action::Rewrite);
+        r.min_visible_external = Some(6);
+        let p = policy(vec![r], Mode::Enforce);
+        let mut addrs = outside(1, 1);
+        addrs.push("colleague@example.org".into());
+        let d = p.decide_visible("", vis(&addrs, false));
+        assert_eq!(d.action, Action::Accept);
+        assert_eq!(d.rule, None);
+        assert_eq!(
+            d.reason,
+            "The message shows 2 recipients (1 outside example.org, 1 domain) to each other; no rule matches, so it goes out unchanged."
+        );
+    }
+
+    #[test]
+    fn reason_without_internal_domains_or_conditions() {
+        let p = Policy::new(&PolicyConfig {
+            rules: vec![rule("always", Action::Split)],
+            ..PolicyConfig::default()
+        })
+        .unwrap();
+        let d = p.decide_visible("", vis(&outside(3, 2), false));
+        assert_eq!(
+            d.reason,
+            "The message shows 3 recipients (3 outside, 2 domains; no internal domains are configured) \
+             to each other; rule 'always' (every message) sends each recipient a separate copy."
+        );
+        let d = p.decide_visible("", vis(&outside(1, 1), false));
+        assert!(
+            d.reason
+                .starts_with("The message shows 1 recipient (1 outside, 1 domain;"),
+            "{}",
+            d.reason
+        );
+    }
+
+    #[test]
+    fn version_changes_with_policy_and_describe_lists_rules() {
+        let mut r = rule("many", Action::Rewrite);
+        r.min_visible_external = Some(6);
+        let a = policy(vec![r.clone()], Mode::Enforce);
+        r.min_visible_external = Some(7);
+        let b = policy(vec![r], Mode::Enforce);
+        assert_eq!(a.version().len(), 64);
+        assert_ne!(a.version(), b.version());
+        assert_eq!(
+            a.version(),
+            policy(
+                vec![{
+                    let mut r = rule("many", Action::Rewrite);
+                    r.min_visible_external = Some(6);
+                    r
+                }],
+                Mode::Enforce
+            )
+            .version()
+        );
+        let text = a.describe();
+        assert!(
+            text.contains("'many': when 6 or more outside addresses -> rewrite"),
+            "{text}"
+        );
+        assert!(
+            text.contains("example.org (and their subdomains)"),
+            "{text}"
+        );
+        assert!(text.contains("DKIM"), "{text}");
     }
 }

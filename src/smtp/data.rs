@@ -19,10 +19,11 @@ pub enum DataError {
 
 impl DataError {
     /// Label for the rejected-by-reason metric.
-    pub fn metric_label(self) -> &'static str {
+    pub fn metric_label(self) -> crate::metrics::RejectReason {
+        use crate::metrics::RejectReason;
         match self {
-            DataError::BareLf | DataError::BareCr | DataError::LineTooLong => "bad_data",
-            DataError::TooBig => "size",
+            DataError::BareLf | DataError::BareCr | DataError::LineTooLong => RejectReason::BadData,
+            DataError::TooBig => RejectReason::Size,
         }
     }
 

@@ -5,6 +5,7 @@
 use std::borrow::Cow;
 
 use super::reply::Reply;
+use crate::metrics::RejectReason;
 use super::session::Session;
 use crate::audit::{header_digest, AuditEvent};
 use crate::config::{Action, Mode};
@@ -108,16 +109,14 @@ pub async fn deliver(s: &mut Session, raw: Vec<u8>) -> Reply {
     if d_notify(&decision, effective) && reply.is_positive() {
         notify_intervention(s, &sender, &raw, &decision).await;
     }
-    s.shared.metrics.message(
-        decision.action.as_str(),
-        decision.rule.as_deref().unwrap_or("-"),
-        mode_str(decision.mode),
-    );
+    s.shared
+        .metrics
+        .message(decision.action, decision.rule.as_deref(), decision.mode);
     if !reply.is_positive() {
         s.shared.metrics.rejected(match effective {
-            Action::Reject => "policy",
-            _ if reply.is_transient() => "upstream_temp",
-            _ => "upstream_perm",
+            Action::Reject => RejectReason::Policy,
+            _ if reply.is_transient() => RejectReason::UpstreamTemp,
+            _ => RejectReason::UpstreamPerm,
         });
     }
     tracing::info!(
@@ -393,20 +392,14 @@ fn d_notify(d: &Decision, effective: Action) -> bool {
     d.notify_sender && matches!(effective, Action::Rewrite | Action::Split)
 }
 
-fn mode_str(mode: Mode) -> &'static str {
-    match mode {
-        Mode::Enforce => "enforce",
-        Mode::Monitor => "monitor",
-    }
-}
 
 /// Writes one audit record, timing the durable write for the metrics.
 async fn record(s: &super::server::Shared, event: AuditEvent) -> Result<u64, crate::audit::AuditError> {
     let started = std::time::Instant::now();
     let result = s.audit.record(event).await;
-    s.metrics.audit_write(started.elapsed().as_secs_f64());
+    s.metrics.audit_write(started.elapsed(), result.is_ok());
     if result.is_err() {
-        s.metrics.rejected("audit_unavailable");
+        s.metrics.rejected(RejectReason::AuditUnavailable);
     }
     result
 }

@@ -1,9 +1,11 @@
-//! The front end's view of the metrics: one call per event, so session code does not care how
-//! (or whether) the numbers are exported.
+//! The front end's view of the metrics: one call per event, so session code does not care
+//! whether metrics are exported (`[metrics]` unset = every call is a no-op).
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::metrics::Metrics;
+use crate::config::{Action, Mode};
+use crate::metrics::{BytesHeld, Metrics, RejectReason, SessionGuard, TlsSide};
 
 #[derive(Clone, Default)]
 pub struct Observe {
@@ -11,48 +13,63 @@ pub struct Observe {
 }
 
 /// Bytes of one message held in memory; released from the gauge when dropped.
-pub struct InFlight {
-    bytes: usize,
-}
+pub struct InFlight(Option<BytesHeld>);
 
 impl InFlight {
     pub fn add(&mut self, bytes: usize) {
-        self.bytes += bytes;
+        if let Some(held) = self.0.as_mut() {
+            held.add(bytes as u64);
+        }
     }
 }
+
+/// Counts a session as active until dropped.
+pub struct ActiveSession(#[allow(dead_code)] Option<SessionGuard>);
 
 impl Observe {
     pub fn new(metrics: Option<Arc<Metrics>>) -> Observe {
         Observe { metrics }
     }
 
-    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
-        self.metrics.as_ref()
+    pub fn session(&self, listener: &str) -> ActiveSession {
+        ActiveSession(self.metrics.as_ref().map(|m| m.session_opened(listener)))
     }
 
-    pub fn session_opened(&self, listener: &str) {
-        let _ = listener;
-    }
-    pub fn session_closed(&self, listener: &str) {
-        let _ = listener;
-    }
     pub fn tls_handshake(&self, ok: bool) {
-        let _ = ok;
+        if let Some(m) = &self.metrics {
+            m.tls_handshake(TlsSide::Inbound, ok);
+        }
     }
-    pub fn rejected(&self, reason: &str) {
-        let _ = reason;
+
+    pub fn rejected(&self, reason: RejectReason) {
+        if let Some(m) = &self.metrics {
+            m.rejected(reason);
+        }
     }
+
     /// `None` = no reply (transport error or timeout).
     pub fn upstream_reply(&self, code: Option<u16>) {
-        let _ = code;
+        if let Some(m) = &self.metrics {
+            m.upstream_outcome(code);
+        }
     }
-    pub fn message(&self, action: &str, rule: &str, mode: &str) {
-        let _ = (action, rule, mode);
+
+    pub fn message(&self, action: Action, rule: Option<&str>, mode: Mode) {
+        if let Some(m) = &self.metrics {
+            m.message(action, rule, mode);
+        }
     }
-    pub fn audit_write(&self, seconds: f64) {
-        let _ = seconds;
+
+    pub fn audit_write(&self, elapsed: Duration, ok: bool) {
+        if let Some(m) = &self.metrics {
+            m.audit_write(elapsed);
+            if !ok {
+                m.audit_write_failed();
+            }
+        }
     }
+
     pub fn in_flight(&self) -> InFlight {
-        InFlight { bytes: 0 }
+        InFlight(self.metrics.as_ref().map(|m| m.hold_bytes(0)))
     }
 }

@@ -21,6 +21,7 @@ use tracing::Instrument;
 use super::auth::Users;
 use super::observe::Observe;
 use super::reply::Reply;
+use crate::metrics::RejectReason;
 use super::session::Session;
 use super::stream::Conn;
 use crate::audit::AuditLog;
@@ -168,7 +169,9 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
             shutdown_rx.clone(),
         ));
     }
-    let _ = metrics;
+    if let (Some(mc), Some(m)) = (shared.cfg.metrics.as_ref(), metrics) {
+        spawn_metrics_endpoint(&mc.address, m, &shared, shutdown_rx.clone()).await?;
+    }
 
     wait_for_stop_signal(&shared, &config_path).await;
     tracing::info!("shutting down: no new connections; transactions in flight may finish");
@@ -185,6 +188,41 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         sessions.shutdown().await;
     }
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Serves `/metrics` and `/healthz` (ready = upstream answers and the audit log is writable).
+async fn spawn_metrics_endpoint(
+    address: &str,
+    metrics: Arc<crate::metrics::Metrics>,
+    shared: &Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    for l in &shared.cfg.listeners {
+        metrics.register_listener(&l.address);
+    }
+    let live = shared.live();
+    metrics.register_rules(
+        shared.cfg.policy.rules.iter().map(|r| (r.name.as_str(), r.action)),
+        live.policy.mode(),
+    );
+    let socket = TcpListener::bind(address)
+        .await
+        .with_context(|| format!("binding metrics endpoint {address}"))?;
+    let audit_shared = shared.clone();
+    let health = crate::metrics::ProbeHealth::new(
+        shared.cfg.upstream.address.clone(),
+        Duration::from_secs(shared.cfg.upstream.timeout_seconds.min(5)),
+        shared.cfg.upstream.tls != TlsMode::Implicit,
+        shared.cfg.audit.path.display().to_string(),
+        Arc::new(move || audit_shared.audit.is_writable()),
+    );
+    tracing::info!(address, "metrics at /metrics, readiness at /healthz");
+    tokio::spawn(async move {
+        if let Err(e) = crate::metrics::serve(socket, metrics, Arc::new(health), shutdown).await {
+            tracing::error!("metrics endpoint stopped: {e:#}");
+        }
+    });
     Ok(())
 }
 
@@ -263,7 +301,7 @@ async fn accept_loop(
         };
         let _ = tcp.set_nodelay(true);
         let Ok(permit) = limit.clone().try_acquire_owned() else {
-            shared.metrics.rejected("connection_limit");
+            shared.metrics.rejected(RejectReason::ConnectionLimit);
             tokio::spawn(refuse_busy(tcp));
             continue;
         };
@@ -298,7 +336,7 @@ async fn serve_connection(
     shutdown: watch::Receiver<bool>,
 ) {
     let timeout = Duration::from_secs(shared.cfg.server.command_timeout_seconds);
-    let (tcp, peer) = match resolve_peer(&listener, tcp, socket_peer, timeout).await {
+    let (tcp, peer) = match resolve_peer(&shared, &listener, tcp, socket_peer, timeout).await {
         Some(pair) => pair,
         None => return,
     };
@@ -326,20 +364,36 @@ async fn serve_connection(
     } else {
         Conn::Plain(tcp)
     };
-    let label = listener.local.to_string();
-    shared.metrics.session_opened(&label);
+    let label = listener.cfg.address.clone();
+    let _active = shared.metrics.session(&label);
     let end = Session::new(shared.clone(), listener, id, peer, conn, shutdown).run().await;
-    shared.metrics.session_closed(&label);
     tracing::info!(end = ?end, "disconnected");
 }
 
 /// The client's real address: the socket peer, or what a trusted load balancer's PROXY header says.
+/// `None` = drop the connection without a word (untrusted sender of PROXY headers, bad header).
 async fn resolve_peer(
+    shared: &Shared,
     listener: &Listener,
-    tcp: TcpStream,
+    mut tcp: TcpStream,
     socket_peer: SocketAddr,
     timeout: Duration,
 ) -> Option<(TcpStream, SocketAddr)> {
-    let _ = (listener, timeout);
-    Some((tcp, socket_peer))
+    use super::proxy::{read_proxy_header, trusted_proxy};
+    if !listener.cfg.proxy_protocol {
+        return Some((tcp, socket_peer));
+    }
+    if !trusted_proxy(socket_peer.ip(), &listener.proxy_networks) {
+        tracing::warn!(peer = %socket_peer, "PROXY listener: connection from outside proxy_networks dropped");
+        shared.metrics.rejected(RejectReason::ProxyHeader);
+        return None;
+    }
+    match read_proxy_header(&mut tcp, timeout).await {
+        Ok(addrs) => Some((tcp, addrs.client_or(socket_peer))),
+        Err(e) => {
+            tracing::warn!(peer = %socket_peer, "bad PROXY header: {e}");
+            shared.metrics.rejected(RejectReason::ProxyHeader);
+            None
+        }
+    }
 }

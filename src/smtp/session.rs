@@ -13,7 +13,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use super::data::{ChunkChecker, DataReader, Feed};
+use super::observe::InFlight;
 use super::reply::Reply;
+use crate::metrics::RejectReason;
 use super::server::{Listener, Shared};
 use super::stream::Conn;
 use crate::config::AuthRequirement;
@@ -74,7 +76,7 @@ pub struct Session {
     bad_commands: u32,
     pub tx: Option<Transaction>,
     /// BDAT chunks received so far for the transaction in progress.
-    pending_chunks: Option<(ChunkChecker, Vec<u8>)>,
+    pending_chunks: Option<(ChunkChecker, Vec<u8>, InFlight)>,
     pub upstream: Option<UpstreamSession>,
     /// Messages completed in this session (names the Received id).
     pub messages: u64,
@@ -529,7 +531,7 @@ impl Session {
             return Ok(());
         }
         self.auth_failures += 1;
-        self.shared.metrics.rejected("auth_failed");
+        self.shared.metrics.rejected(RejectReason::AuthFailed);
         tracing::info!(user = %user, failures = self.auth_failures, "authentication failed");
         self.queue(&Reply::new(535, (5, 7, 8), "Authentication credentials invalid"));
         if self.auth_failures >= MAX_AUTH_FAILURES {
@@ -573,13 +575,13 @@ impl Session {
             return;
         }
         if self.listener.cfg.auth == AuthRequirement::Required && self.auth_user.is_none() {
-            self.shared.metrics.rejected("auth_required");
+            self.shared.metrics.rejected(RejectReason::AuthRequired);
             self.queue(&Reply::new(530, (5, 7, 0), "Authentication required"));
             return;
         }
         let max = self.shared.cfg.server.max_message_size;
         if from.size > max {
-            self.shared.metrics.rejected("size");
+            self.shared.metrics.rejected(RejectReason::Size);
             self.queue(&Reply::new(
                 552,
                 (5, 3, 4),
@@ -608,7 +610,7 @@ impl Session {
             }
             Ok(reply) => self.queue(&reply),
             Err(reply) => {
-                self.shared.metrics.rejected("upstream_temp");
+                self.shared.metrics.rejected(RejectReason::UpstreamTemp);
                 self.queue(&reply)
             }
         }
@@ -687,7 +689,7 @@ impl Session {
             return;
         };
         if !tx.permitted {
-            self.shared.metrics.rejected("relay_denied");
+            self.shared.metrics.rejected(RejectReason::RelayDenied);
             tracing::info!("relay attempt refused");
             self.queue(&Reply::new(
                 554,
@@ -698,7 +700,7 @@ impl Session {
         }
         let max = self.shared.cfg.server.max_recipients;
         if tx.rcpts.len() >= max {
-            self.shared.metrics.rejected("too_many_recipients");
+            self.shared.metrics.rejected(RejectReason::TooManyRecipients);
             self.queue(&Reply::new(
                 452,
                 (4, 5, 3),
@@ -749,6 +751,10 @@ impl Session {
     }
 
     async fn data(&mut self) -> Result<(), End> {
+        if self.pending_chunks.is_some() {
+            self.queue(&Reply::new(503, (5, 5, 1), "DATA cannot follow BDAT in one transaction"));
+            return Ok(());
+        }
         if !self.ready_for_content() {
             return Ok(());
         }
@@ -798,12 +804,11 @@ impl Session {
         let timeout = Duration::from_secs(self.shared.cfg.server.data_timeout_seconds);
         // The chunk follows the command whatever we answer: read it all to stay in step.
         let valid = self.tx.as_ref().is_some_and(|t| !t.rcpts.is_empty());
-        let mut checker = self
+        let (mut checker, mut message, mut in_flight) = self
             .pending_chunks
             .take()
-            .unwrap_or_else(|| (ChunkChecker::new(max), Vec::new()));
+            .unwrap_or_else(|| (ChunkChecker::new(max), Vec::new(), self.shared.metrics.in_flight()));
         let mut remaining = chunk_size;
-        let mut in_flight = self.shared.metrics.in_flight();
         while remaining > 0 {
             if self.input.is_empty() {
                 if let Err(end) = self.fill(timeout, false, CONTENT_READ).await {
@@ -813,9 +818,9 @@ impl Session {
             }
             let take = remaining.min(self.input.len());
             if valid {
-                let before = checker.1.len();
-                checker.0.push(&self.input[..take], &mut checker.1);
-                in_flight.add(checker.1.len().saturating_sub(before));
+                let before = message.len();
+                checker.push(&self.input[..take], &mut message);
+                in_flight.add(message.len().saturating_sub(before));
             }
             self.input.drain(..take);
             remaining -= take;
@@ -824,31 +829,30 @@ impl Session {
             self.ready_for_content();
             return Ok(());
         }
-        if let Some(error) = checker.0.error() {
+        if let Some(error) = checker.error() {
             if is_last {
                 self.shared.metrics.rejected(error.metric_label());
                 self.abort_transaction().await;
                 self.queue(&error.reply(max));
             } else {
                 // Keep reading chunks; refuse the message when the client finishes it.
-                self.pending_chunks = Some(checker);
+                self.pending_chunks = Some((checker, message, in_flight));
                 self.queue(&Reply::new(250, (2, 0, 0), format!("{chunk_size} octets received")));
             }
             return Ok(());
         }
         if !is_last {
-            self.pending_chunks = Some(checker);
+            self.pending_chunks = Some((checker, message, in_flight));
             self.queue(&Reply::new(250, (2, 0, 0), format!("{chunk_size} octets received")));
             return Ok(());
         }
-        checker.0.finish();
-        if let Some(error) = checker.0.error() {
+        checker.finish();
+        if let Some(error) = checker.error() {
             self.shared.metrics.rejected(error.metric_label());
             self.abort_transaction().await;
             self.queue(&error.reply(max));
             return Ok(());
         }
-        let (_, message) = checker;
         self.finish_message(message).await;
         drop(in_flight);
         Ok(())

@@ -1,0 +1,143 @@
+//! The short message that tells a sender their message went out altered (rule `notify_sender`),
+//! plus the Date/Message-ID helpers the relay's own generated messages share.
+//! A notice names the original Subject and Message-ID and why; never the recipients.
+
+use crate::config::Action;
+use crate::message::header::split;
+use crate::policy::Decision;
+
+/// `Date:` value for a message generated now (RFC 5322 format, UTC).
+pub fn rfc5322_now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc2822)
+        .unwrap_or_else(|_| "Thu, 01 Jan 1970 00:00:00 +0000".to_string())
+}
+
+/// A fresh `<random@host>` Message-ID.
+pub fn new_message_id(hostname: &str) -> String {
+    let n: u128 = rand::random();
+    format!("<{n:032x}.bccguard@{}>", header_safe(hostname))
+}
+
+/// Text that can go into a header or a line of its own: no control characters, folds undone.
+pub fn header_safe(text: &str) -> String {
+    text.chars()
+        .filter(|c| !matches!(c, '\r' | '\n'))
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect::<String>()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The unfolded value of the first field named `name` in a header section, if any.
+pub fn field_value(header: &[u8], name: &str) -> Option<String> {
+    let h = split(header).ok()?;
+    let f = h.fields.iter().find(|f| f.name_is(name))?;
+    Some(header_safe(&String::from_utf8_lossy(f.value)))
+}
+
+pub fn sender_notice(
+    hostname: &str,
+    sender: &str,
+    d: &Decision,
+    original_header: &[u8],
+) -> Vec<u8> {
+    let host = header_safe(hostname);
+    let subject = field_value(original_header, "Subject").filter(|s| !s.is_empty());
+    let msgid = field_value(original_header, "Message-ID").filter(|s| !s.is_empty());
+    let (title, what) = match d.action {
+        Action::Split => (
+            "Your message was sent as separate copies, one per recipient",
+            "the relay sent each recipient a separate copy addressed to them alone,\r\n\
+             so no recipient can see who else received it.",
+        ),
+        _ => (
+            "Your message was sent with recipients hidden",
+            "the relay removed its To and Cc lines before sending it on, so no\r\n\
+             recipient can see who else received it.",
+        ),
+    };
+    let mut m = String::with_capacity(1024);
+    m.push_str(&format!("From: \"Mail relay\" <MAILER-DAEMON@{host}>\r\n"));
+    m.push_str(&format!("To: <{}>\r\n", header_safe(sender)));
+    m.push_str(&format!("Subject: {title}\r\n"));
+    m.push_str(&format!("Date: {}\r\n", rfc5322_now()));
+    m.push_str(&format!("Message-ID: {}\r\n", new_message_id(&host)));
+    if let Some(id) = &msgid {
+        m.push_str(&format!("In-Reply-To: {id}\r\nReferences: {id}\r\n"));
+    }
+    m.push_str("Auto-Submitted: auto-replied\r\n");
+    m.push_str("MIME-Version: 1.0\r\n");
+    m.push_str("Content-Type: text/plain; charset=utf-8\r\n");
+    let mut body = String::with_capacity(512);
+    body.push_str(&format!("This is the mail relay at {host}.\r\n\r\n"));
+    body.push_str("Your message\r\n");
+    body.push_str(&format!(
+        "  Subject: {}\r\n",
+        subject.as_deref().unwrap_or("(none)")
+    ));
+    if let Some(id) = &msgid {
+        body.push_str(&format!("  Message-ID: {id}\r\n"));
+    }
+    body.push_str(&format!(
+        "was delivered to all its recipients, but {what}\r\n\r\n"
+    ));
+    body.push_str(&format!("Why: {}\r\n", header_safe(&d.reason)));
+    if let Some(rule) = &d.rule {
+        body.push_str(&format!("Rule: {}\r\n", header_safe(rule)));
+    }
+    body.push_str(
+        "\r\nNext time, put recipients who should not see each other in Bcc.\r\n\
+         You do not need to send the message again.\r\n",
+    );
+    let cte = if body.is_ascii() { "7bit" } else { "8bit" };
+    m.push_str(&format!("Content-Transfer-Encoding: {cte}\r\n\r\n"));
+    m.push_str(&body);
+    m.into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notice_names_subject_and_id_but_no_recipient() {
+        let d = Decision {
+            action: Action::Rewrite,
+            mode: crate::config::Mode::Enforce,
+            rule: Some("many".into()),
+            reason: "The message shows 8 recipients (8 outside example.org, 3 domains) to each other; rule 'many' (6 or more outside addresses) hides them.".into(),
+            visible: vec!["secret@client.net".into()],
+            visible_external: 8,
+            external_domains: 3,
+            bcc_header_stripped: false,
+            reject_text: None,
+            notify_sender: true,
+            not_counted: vec![],
+            lenient_fields: vec![],
+        };
+        let hdr = b"From: a@example.org\r\nTo: secret@client.net\r\nSubject: Quarterly\r\n numbers\r\nMessage-ID: <m1@example.org>\r\n\r\n";
+        let n = String::from_utf8(sender_notice("relay.example.org", "a@example.org", &d, hdr))
+            .unwrap();
+        assert!(
+            n.contains("Subject: Your message was sent with recipients hidden\r\n"),
+            "{n}"
+        );
+        assert!(n.contains("From: \"Mail relay\" <MAILER-DAEMON@relay.example.org>\r\n"));
+        assert!(n.contains("To: <a@example.org>\r\n"));
+        assert!(n.contains("Auto-Submitted: auto-replied\r\n"));
+        assert!(n.contains("In-Reply-To: <m1@example.org>\r\n"));
+        assert!(n.contains("  Subject: Quarterly numbers\r\n"));
+        assert!(n.contains("rule 'many'"));
+        assert!(!n.contains("secret@client.net"));
+        assert!(n.contains("\r\nDate: ") && n.contains("\r\nMessage-ID: <"));
+        // Strict CRLF throughout.
+        assert!(!n.replace("\r\n", "").contains('\n'));
+    }
+
+    #[test]
+    fn header_safe_unfolds_and_strips_controls() {
+        assert_eq!(header_safe("a\r\n\tb\u{7}c"), "a b c");
+    }
+}
