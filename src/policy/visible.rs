@@ -1,5 +1,16 @@
-//! Finds the recipients a message shows to every reader (SPEC section 2).
-//! INTERFACE STUB — the visible-recipients helper replaces the body of `find_visible`.
+//! Finds the recipients a message shows to every reader (SPEC section 2): every address of every
+//! To, Cc, Resent-To and Resent-Cc field of the top-level header section (never the body, never
+//! an attached message). Field reading is in [`super::address`]; this module picks the fields,
+//! merges their addresses into one distinct, first-seen list and turns uncertainty into either a
+//! safe-side count (`lenient_fields`) or [`Unreadable`].
+
+use std::collections::HashSet;
+
+use super::address::parse_address_list;
+use crate::message::header;
+
+/// Fields whose addresses every reader of the message sees.
+const VISIBLE_FIELDS: [&str; 4] = ["to", "cc", "resent-to", "resent-cc"];
 
 /// The visible recipients of one message.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -19,7 +30,82 @@ pub struct Unreadable {
     pub reason: String,
 }
 
+/// Reads the visible recipients of a raw message (CRLF or LF line ends).
+///
+/// Addresses are in the canonical form of [`super::address`]: local part as its RFC 5322 value
+/// (bare if it is a dot-atom, else quoted), domain lower-cased. Two addresses are the same when
+/// these strings are equal, i.e. the domain compares case-insensitively, the local part does not.
 pub fn find_visible(raw: &[u8]) -> Result<Visible, Unreadable> {
-    let _ = raw;
-    Ok(Visible::default())
+    let section = header::split(raw).map_err(|e| Unreadable {
+        reason: format!(
+            "the message header cannot be read ({e}); the relay cannot tell who would see this message"
+        ),
+    })?;
+    let mut visible = Visible::default();
+    let mut seen: HashSet<String> = HashSet::new();
+    for field in &section.fields {
+        if field.name_is("bcc") {
+            visible.bcc_present = true;
+            continue;
+        }
+        if !VISIBLE_FIELDS.iter().any(|n| field.name_is(n)) {
+            continue;
+        }
+        // The splitter only accepts printable ASCII names, so this is lossless.
+        let name = String::from_utf8_lossy(field.name).into_owned();
+        let list = parse_address_list(field.value).map_err(|e| Unreadable {
+            reason: format!(
+                "the {name} header field cannot be read ({e}); the relay cannot tell who would see this message"
+            ),
+        })?;
+        if list.lenient
+            && !visible
+                .lenient_fields
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(&name))
+        {
+            visible.lenient_fields.push(name);
+        }
+        for addr in list.addresses {
+            if seen.insert(addr.clone()) {
+                visible.addresses.push(addr);
+            }
+        }
+    }
+    Ok(visible)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merges_fields_in_first_seen_order() {
+        let raw = b"From: f@x\r\nTO: a@X.org, b@y\r\ncc: A@x.ORG, a@x.org\r\nResent-To: c@z\r\n\
+                    Reply-To: r@x\r\nBcc: hidden@x\r\n\r\nCc: body@x\r\n";
+        let v = find_visible(raw).expect("readable");
+        assert_eq!(v.addresses, ["a@x.org", "b@y", "A@x.org", "c@z"]);
+        assert!(v.bcc_present);
+        assert!(v.lenient_fields.is_empty());
+    }
+
+    #[test]
+    fn lenient_field_is_named_once() {
+        let raw = b"To: a@x; b@y\r\nto: c@z; d@w\r\nCc: e@v\r\n\r\n";
+        let v = find_visible(raw).expect("readable");
+        assert_eq!(v.addresses.len(), 5);
+        assert_eq!(v.lenient_fields, ["To"]);
+        assert!(!v.bcc_present);
+    }
+
+    #[test]
+    fn unreadable_names_field_and_cause() {
+        let e = find_visible(b"To: a@x\r\nCc: Bob <bob@x\r\n\r\n").expect_err("unreadable");
+        assert_eq!(
+            e.reason,
+            "the Cc header field cannot be read (unclosed '<'); the relay cannot tell who would see this message"
+        );
+        let e = find_visible(b"To: a@x\r\nT o b@y\r\n\r\n").expect_err("unreadable");
+        assert!(e.reason.contains("header line 2"), "{}", e.reason);
+    }
 }
