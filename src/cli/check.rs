@@ -151,9 +151,11 @@ fn read_input(file: &Path) -> Result<Vec<u8>, Failure> {
 
 /// The first address in the From: field, as a mail client would use it for MAIL FROM.
 fn from_field_address(raw: &[u8]) -> Option<String> {
-    let msg = mail_parser::MessageParser::default().parse_headers(raw)?;
-    let addr = msg.from()?.first()?.address()?.trim().to_string();
-    (!addr.is_empty()).then_some(addr)
+    // Our own reader, not mail-parser: it must not panic on whatever file an admin feeds it.
+    let header = crate::message::header::split(raw).ok()?;
+    let from = header.fields.iter().find(|f| f.name_is("From"))?;
+    let list = crate::policy::address::parse_address_list(from.value).ok()?;
+    list.addresses.into_iter().find(|a| !a.is_empty())
 }
 
 /// What would leave the relay, in words, and the SMTP reply when the client would get a refusal.
