@@ -1,9 +1,26 @@
-//! `bccguard audit verify|query`.
+//! `bccguard audit verify|query`: offline tools over the audit log and its rotated files.
+//!
+//! `verify [PATH]` checks the hash chain over the log's file set (rotated files oldest first,
+//! then the current file; or, given a rotated file, the rotated files up to it). Exit 0 with a
+//! summary when intact; when the oldest file present does not start at genesis (older files
+//! archived away) it says "continues from hash X" and still exits 0. Exit 1 naming the first bad
+//! record (file, line, seq, what is wrong); exit 2 when nothing can be read. With PATH the
+//! config is not read at all.
+//!
+//! `query` reads the configured log's file set and prints matching records, one line each, or
+//! the records as JSON lines with `--json`. `--since`/`--until` take RFC 3339 or `YYYY-MM-DD`
+//! (UTC; a date in `--until` includes that whole day). `--sender` matches the address
+//! case-insensitively, or `*@domain`. `--recipient` matches plain records and, with the key
+//! file, pseudonymised ones (HMAC of the address as given and with its local part lower-cased).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use crate::config::DEFAULT_CONFIG_PATH;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::audit::{self, HmacKey, Record, VerifyError, HMAC_PREFIX};
+use crate::config::{Action, Config, RecipientStorage, DEFAULT_CONFIG_PATH};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum AuditCommand {
@@ -33,7 +50,329 @@ pub enum AuditCommand {
     },
 }
 
-pub fn run(_cmd: &AuditCommand) -> ExitCode {
-    eprintln!("audit: not implemented yet");
-    ExitCode::from(2)
+pub fn run(cmd: &AuditCommand) -> ExitCode {
+    match cmd {
+        AuditCommand::Verify { config, path } => run_verify(config, path.as_deref()),
+        AuditCommand::Query {
+            config,
+            since,
+            until,
+            action,
+            sender,
+            recipient,
+            json,
+        } => {
+            let cfg = match Config::load(config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("audit query: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let filter = match Filter::new(
+                &cfg,
+                since.as_deref(),
+                until.as_deref(),
+                action.as_deref(),
+                sender.as_deref(),
+                recipient.as_deref(),
+            ) {
+                Ok(f) => f,
+                Err(e) => {
+                    eprintln!("audit query: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            run_query(&cfg.audit.path, &filter, *json)
+        }
+    }
+}
+
+fn run_verify(config: &Path, path: Option<&Path>) -> ExitCode {
+    let path = match path {
+        Some(p) => p.to_path_buf(),
+        None => match Config::load(config) {
+            Ok(c) => c.audit.path,
+            Err(e) => {
+                eprintln!("audit verify: {e} (or name the log file: bccguard audit verify PATH)");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    match audit::verify(&path) {
+        Ok(r) => {
+            match (r.first_seq, r.last_seq) {
+                (Some(first), Some(last)) => println!(
+                    "{}: {} records, chain intact, first seq {first}, last seq {last}",
+                    path.display(),
+                    r.records
+                ),
+                _ => println!("{}: 0 records, chain intact", path.display()),
+            }
+            match r.files.as_slice() {
+                [] | [_] => {}
+                [first, .., last] if r.files.len() > 6 => println!(
+                    "{} files, oldest {}, newest {}",
+                    r.files.len(),
+                    first.display(),
+                    last.display()
+                ),
+                files => {
+                    let names: Vec<String> =
+                        files.iter().map(|p| p.display().to_string()).collect();
+                    println!("files (oldest first): {}", names.join(", "));
+                }
+            }
+            match &r.start_prev {
+                Some(prev) if !r.starts_at_genesis() => {
+                    println!("chain continues from hash {prev} (the files before it are not here)")
+                }
+                Some(_) => println!("chain starts at genesis"),
+                None => {}
+            }
+            if let Some(h) = &r.last_hash {
+                println!("last hash {h}");
+            }
+            if !r.torn.is_empty() {
+                let names: Vec<String> = r.torn.iter().map(|p| p.display().to_string()).collect();
+                println!(
+                    "note: {} torn fragment(s) cut off by the relay after a crash (never acknowledged, not part of the chain): {}",
+                    r.torn.len(),
+                    names.join(", ")
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(VerifyError::Broken(b)) => {
+            println!("chain broken: {b}");
+            ExitCode::from(1)
+        }
+        Err(e @ VerifyError::Io { .. }) => {
+            eprintln!("audit verify: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// A time bound; `inclusive` is false for the day after an `--until` date.
+struct Bound {
+    at: OffsetDateTime,
+    inclusive: bool,
+}
+
+fn parse_bound(s: &str, is_until: bool) -> Result<Bound, String> {
+    if let Ok(at) = OffsetDateTime::parse(s, &Rfc3339) {
+        return Ok(Bound {
+            at,
+            inclusive: true,
+        });
+    }
+    let fmt = time::macros::format_description!("[year]-[month]-[day]");
+    let day = time::Date::parse(s, &fmt).map_err(|_| {
+        format!("`{s}` is neither RFC 3339 (2024-05-01T10:00:00Z) nor a date (2024-05-01)")
+    })?;
+    if is_until {
+        let next = day
+            .next_day()
+            .ok_or_else(|| format!("`{s}` is out of range"))?;
+        Ok(Bound {
+            at: next.midnight().assume_utc(),
+            inclusive: false,
+        })
+    } else {
+        Ok(Bound {
+            at: day.midnight().assume_utc(),
+            inclusive: true,
+        })
+    }
+}
+
+struct Filter {
+    since: Option<Bound>,
+    until: Option<Bound>,
+    action: Option<Action>,
+    sender: Option<String>,
+    /// Normalised forms of the address looked for.
+    recipient_plain: Vec<String>,
+    /// Their pseudonyms under the key (empty without a key).
+    recipient_hmac: Vec<String>,
+    wants_recipient: bool,
+}
+
+impl Filter {
+    fn new(
+        cfg: &Config,
+        since: Option<&str>,
+        until: Option<&str>,
+        action: Option<&str>,
+        sender: Option<&str>,
+        recipient: Option<&str>,
+    ) -> Result<Filter, String> {
+        let since = since
+            .map(|s| parse_bound(s, false))
+            .transpose()
+            .map_err(|e| format!("--since: {e}"))?;
+        let until = until
+            .map(|s| parse_bound(s, true))
+            .transpose()
+            .map_err(|e| format!("--until: {e}"))?;
+        let action = action
+            .map(|a| match a.to_ascii_lowercase().as_str() {
+                "accept" => Ok(Action::Accept),
+                "rewrite" => Ok(Action::Rewrite),
+                "split" => Ok(Action::Split),
+                "reject" => Ok(Action::Reject),
+                _ => Err(format!(
+                    "--action: `{a}` is not one of accept, rewrite, split, reject"
+                )),
+            })
+            .transpose()?;
+        let mut recipient_plain = Vec::new();
+        let mut recipient_hmac = Vec::new();
+        if let Some(r) = recipient {
+            let exact = audit::normalise_address(r);
+            let lower = exact.to_lowercase();
+            recipient_plain.push(exact);
+            if !recipient_plain.contains(&lower) {
+                recipient_plain.push(lower);
+            }
+            match HmacKey::load(&cfg.audit.hmac_key_file) {
+                Ok(key) => {
+                    recipient_hmac = recipient_plain.iter().map(|a| key.pseudonym(a)).collect();
+                }
+                Err(e) if cfg.audit.recipients == RecipientStorage::Hmac => {
+                    return Err(format!(
+                        "--recipient needs the HMAC key to find pseudonymised records: {e}"
+                    ));
+                }
+                Err(e) => eprintln!(
+                    "audit query: warning: {e}; only records with plain recipients can match"
+                ),
+            }
+        }
+        Ok(Filter {
+            since,
+            until,
+            action,
+            sender: sender.map(|s| s.trim().to_string()),
+            recipient_plain,
+            recipient_hmac,
+            wants_recipient: recipient.is_some(),
+        })
+    }
+
+    fn matches(&self, r: &Record) -> bool {
+        if self.since.is_some() || self.until.is_some() {
+            let Ok(t) = OffsetDateTime::parse(&r.time, &Rfc3339) else {
+                return false;
+            };
+            if let Some(b) = &self.since {
+                if t < b.at {
+                    return false;
+                }
+            }
+            if let Some(b) = &self.until {
+                if t > b.at || (!b.inclusive && t == b.at) {
+                    return false;
+                }
+            }
+        }
+        if self.action.is_some_and(|a| a != r.action) {
+            return false;
+        }
+        if let Some(s) = &self.sender {
+            let ok = match s.strip_prefix("*@") {
+                Some(domain) => r
+                    .sender
+                    .rsplit_once('@')
+                    .is_some_and(|(_, d)| d.eq_ignore_ascii_case(domain)),
+                None => r.sender.eq_ignore_ascii_case(s),
+            };
+            if !ok {
+                return false;
+            }
+        }
+        if self.wants_recipient {
+            let list = r.recipients.as_deref().unwrap_or(&[]);
+            let found = list.iter().any(|stored| {
+                if stored.starts_with(HMAC_PREFIX) {
+                    self.recipient_hmac.iter().any(|h| h == stored)
+                } else {
+                    let n = audit::normalise_address(stored);
+                    self.recipient_plain.contains(&n)
+                }
+            });
+            if !found {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+fn human(r: &Record) -> String {
+    let verb = if r.would {
+        format!("would-{}", r.action.as_str())
+    } else {
+        r.action.as_str().to_string()
+    };
+    let mode = match r.mode {
+        crate::config::Mode::Enforce => "enforce",
+        crate::config::Mode::Monitor => "monitor",
+    };
+    format!(
+        "{} seq={} {verb} mode={mode} rule={} sender={} visible={} external={} domains={} rcpts={} msgid={} upstream={:?} reason={:?}",
+        r.time,
+        r.seq,
+        r.rule.as_deref().unwrap_or("-"),
+        r.sender,
+        r.visible_count,
+        r.visible_external,
+        r.external_domains,
+        r.envelope_recipients,
+        r.message_id.as_deref().unwrap_or("-"),
+        r.upstream.as_deref().unwrap_or("-"),
+        r.reason,
+    )
+}
+
+fn run_query(path: &Path, filter: &Filter, json: bool) -> ExitCode {
+    let mut shown = 0u64;
+    let mut out_err = None;
+    let walked = audit::for_each_record(path, |e| match e.record {
+        Ok(r) => {
+            if !filter.matches(&r) || out_err.is_some() {
+                return;
+            }
+            let line = if json {
+                serde_json::to_string(&r).map_err(|e| e.to_string())
+            } else {
+                Ok(human(&r))
+            };
+            match line {
+                Ok(l) => {
+                    println!("{l}");
+                    shown += 1;
+                }
+                Err(err) => out_err = Some(err),
+            }
+        }
+        Err(why) => eprintln!(
+            "audit query: {} line {}: not a record, skipped ({why})",
+            e.file.display(),
+            e.line
+        ),
+    });
+    if let Err(e) = walked {
+        eprintln!("audit query: {}: {e}", path.display());
+        return ExitCode::from(2);
+    }
+    if let Some(e) = out_err {
+        eprintln!("audit query: {e}");
+        return ExitCode::from(2);
+    }
+    if shown == 0 && !json {
+        eprintln!("no matching records");
+    }
+    ExitCode::SUCCESS
 }

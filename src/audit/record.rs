@@ -1,0 +1,177 @@
+//! One audit record: its fields in their fixed order, its canonical bytes, its hash, and the
+//! checks a reader makes on one line. The chain format is documented in the parent module.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::{Action, Mode};
+
+/// `prev` of the very first record of a log (64 zeros).
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Every field of a record, in the order they are written. Serialising this struct with
+/// `hash` empty gives the canonical bytes the hash covers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub time: String,
+    pub seq: u64,
+    pub session: String,
+    pub client: String,
+    pub auth_user: Option<String>,
+    pub sender: String,
+    pub message_id: Option<String>,
+    pub rule: Option<String>,
+    pub action: Action,
+    pub mode: Mode,
+    pub would: bool,
+    pub reason: String,
+    pub visible_count: usize,
+    pub visible_external: usize,
+    pub external_domains: usize,
+    pub envelope_recipients: usize,
+    pub recipients_mode: String,
+    /// Absent when `recipients_mode` is `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipients: Option<Vec<String>>,
+    pub upstream: Option<String>,
+    pub policy_version: String,
+    pub header_digest_original: String,
+    pub header_digest_forwarded: Option<String>,
+    pub prev: String,
+    /// Empty while the canonical bytes are made; never empty in a written line.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hash: String,
+}
+
+impl Record {
+    /// Sets `hash` and returns the full line (with its LF) to append to the log.
+    pub fn seal(&mut self) -> Result<Vec<u8>, serde_json::Error> {
+        self.hash.clear();
+        let canonical = serde_json::to_vec(self)?;
+        let hash = hex::encode(Sha256::digest(&canonical));
+        let mut line = canonical;
+        // Canonical bytes always end with `}`: put the hash member before it.
+        line.pop();
+        line.extend_from_slice(b",\"hash\":\"");
+        line.extend_from_slice(hash.as_bytes());
+        line.extend_from_slice(b"\"}\n");
+        self.hash = hash;
+        Ok(line)
+    }
+}
+
+/// What the chain needs from a line; everything else is covered by the hash.
+#[derive(Debug, Deserialize)]
+struct ChainFields {
+    seq: u64,
+    prev: String,
+    hash: String,
+}
+
+/// A line that passed the per-line checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    pub seq: u64,
+    pub prev: String,
+    pub hash: String,
+}
+
+fn is_hex64(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Checks one line (without its LF) on its own: it is a record, the hash member is last and
+/// the hash matches the bytes before it. Returns what the chain check needs, or what is wrong.
+pub fn check_line(line: &[u8]) -> Result<Checked, String> {
+    let fields: ChainFields =
+        serde_json::from_slice(line).map_err(|e| format!("not a valid audit record ({e})"))?;
+    if !is_hex64(&fields.hash) {
+        return Err("`hash` is not 64 lower-case hex digits".to_string());
+    }
+    if !is_hex64(&fields.prev) {
+        return Err("`prev` is not 64 lower-case hex digits".to_string());
+    }
+    let suffix = format!(",\"hash\":\"{}\"}}", fields.hash);
+    let Some(body) = line.strip_suffix(suffix.as_bytes()) else {
+        return Err("`hash` is not the last member: the line is not in canonical form".to_string());
+    };
+    let mut hasher = Sha256::new();
+    hasher.update(body);
+    hasher.update(b"}");
+    let actual = hex::encode(hasher.finalize());
+    if actual != fields.hash {
+        return Err(format!(
+            "content does not match its hash (record edited): stored {}, computed {}",
+            fields.hash, actual
+        ));
+    }
+    Ok(Checked {
+        seq: fields.seq,
+        prev: fields.prev,
+        hash: fields.hash,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Record {
+        Record {
+            time: "2024-05-01T10:00:00.000000Z".into(),
+            seq: 1,
+            session: "s1".into(),
+            client: "192.0.2.1:1234".into(),
+            auth_user: None,
+            sender: "alice@example.org".into(),
+            message_id: Some("<m@x>".into()),
+            rule: Some("many".into()),
+            action: Action::Rewrite,
+            mode: Mode::Enforce,
+            would: false,
+            reason: "r \"quoted\"\nnewline".into(),
+            visible_count: 2,
+            visible_external: 1,
+            external_domains: 1,
+            envelope_recipients: 2,
+            recipients_mode: "none".into(),
+            recipients: None,
+            upstream: Some("250 ok".into()),
+            policy_version: "pv".into(),
+            header_digest_original: "d".into(),
+            header_digest_forwarded: None,
+            prev: GENESIS.into(),
+            hash: String::new(),
+        }
+    }
+
+    #[test]
+    fn sealed_line_checks_and_round_trips() {
+        let mut r = sample();
+        let line = r.seal().unwrap();
+        assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1, "one line");
+        let body = &line[..line.len() - 1];
+        let c = check_line(body).unwrap();
+        assert_eq!(c.hash, r.hash);
+        assert_eq!(c.seq, 1);
+        let back: Record = serde_json::from_slice(body).unwrap();
+        assert_eq!(back, r);
+        assert!(!String::from_utf8_lossy(body).contains("\"recipients\":"));
+    }
+
+    #[test]
+    fn any_edit_is_caught() {
+        let mut r = sample();
+        let line = r.seal().unwrap();
+        let text = String::from_utf8(line[..line.len() - 1].to_vec()).unwrap();
+        let edited = text.replace("\"visible_count\":2", "\"visible_count\":3");
+        assert_ne!(edited, text);
+        let err = check_line(edited.as_bytes()).unwrap_err();
+        assert!(err.contains("does not match its hash"), "{err}");
+        let moved = text.replace(",\"hash\":", ",\"x\":1,\"hash\":");
+        assert!(check_line(moved.as_bytes()).is_err());
+        assert!(check_line(b"{\"seq\":1").is_err());
+    }
+}
