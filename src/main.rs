@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use bccguard::config::DEFAULT_CONFIG_PATH;
 
 #[derive(Parser)]
-#[command(name = "bccguard", version, about = "Outbound SMTP relay that stops the CC-instead-of-BCC accident")]
+#[command(
+    name = "bccguard",
+    version,
+    about = "Outbound SMTP relay that stops the CC-instead-of-BCC accident"
+)]
 struct Cli {
     /// Log output format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]

@@ -443,7 +443,9 @@ impl Config {
             .map(|n| {
                 n.parse::<IpNet>()
                     .or_else(|_| n.parse::<std::net::IpAddr>().map(IpNet::from))
-                    .map_err(|_| self.invalid(key, format!("`{n}` is not a network (e.g. 192.0.2.0/24)")))
+                    .map_err(|_| {
+                        self.invalid(key, format!("`{n}` is not a network (e.g. 192.0.2.0/24)"))
+                    })
             })
             .collect()
     }
@@ -491,7 +493,9 @@ impl Config {
                     "AUTH needs [auth] users_file (make lines with `bccguard passwd`), or set auth = \"none\"",
                 ));
             }
-            if l.auth == AuthRequirement::Required && l.tls == TlsMode::None && !l.allow_cleartext_auth
+            if l.auth == AuthRequirement::Required
+                && l.tls == TlsMode::None
+                && !l.allow_cleartext_auth
             {
                 return Err(self.invalid(
                     &format!("listener[{i}].auth"),
@@ -548,10 +552,7 @@ impl Config {
             ));
         }
         if let Some(name) = &self.policy.trace_header {
-            let ok = !name.is_empty()
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_graphic() && b != b':');
+            let ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
             if !ok {
                 return Err(self.invalid(
                     "policy.trace_header",

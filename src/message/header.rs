@@ -51,7 +51,11 @@ pub fn split(raw: &[u8]) -> Result<HeaderSection<'_>, HeaderError> {
         let line = &raw[pos..line_end];
         let content = trim_eol(line);
         if content.is_empty() {
-            return Ok(HeaderSection { fields, header_end: pos, body_offset: line_end });
+            return Ok(HeaderSection {
+                fields,
+                header_end: pos,
+                body_offset: line_end,
+            });
         }
         if content[0] == b' ' || content[0] == b'\t' {
             let Some(last) = fields.last_mut() else {
@@ -77,7 +81,11 @@ pub fn split(raw: &[u8]) -> Result<HeaderSection<'_>, HeaderError> {
         }
         pos = line_end;
     }
-    Ok(HeaderSection { fields, header_end: raw.len(), body_offset: raw.len() })
+    Ok(HeaderSection {
+        fields,
+        header_end: raw.len(),
+        body_offset: raw.len(),
+    })
 }
 
 fn trim_eol(line: &[u8]) -> &[u8] {
@@ -86,7 +94,10 @@ fn trim_eol(line: &[u8]) -> &[u8] {
 }
 
 fn trim_trailing_ws(s: &[u8]) -> &[u8] {
-    let end = s.iter().rposition(|&b| b != b' ' && b != b'\t').map_or(0, |i| i + 1);
+    let end = s
+        .iter()
+        .rposition(|&b| b != b' ' && b != b'\t')
+        .map_or(0, |i| i + 1);
     &s[..end]
 }
 

@@ -88,8 +88,9 @@ impl Upstream {
         let connector = tls_connector(cfg)?;
         let credentials = match (&cfg.username, &cfg.password_file) {
             (Some(user), Some(file)) => {
-                let password = std::fs::read_to_string(file)
-                    .with_context(|| format!("reading upstream.password_file {}", file.display()))?;
+                let password = std::fs::read_to_string(file).with_context(|| {
+                    format!("reading upstream.password_file {}", file.display())
+                })?;
                 Some(Arc::new(Credentials::new(
                     user.clone(),
                     password.trim_end_matches(['\r', '\n']).to_string(),
@@ -98,7 +99,9 @@ impl Upstream {
             _ => None,
         };
         if cfg.allow_invalid_certs {
-            tracing::warn!("upstream.allow_invalid_certs is on: the upstream's TLS certificate is not checked");
+            tracing::warn!(
+                "upstream.allow_invalid_certs is on: the upstream's TLS certificate is not checked"
+            );
         }
         Ok(Upstream {
             tls_name: cfg.tls_server_name.clone().unwrap_or_else(|| host.clone()),
@@ -133,7 +136,9 @@ impl Upstream {
                 Err(_) => None,
             };
             match idle {
-                Some((session, since)) if since.elapsed() < POOL_IDLE && session.usable() => return Ok(session),
+                Some((session, since)) if since.elapsed() < POOL_IDLE && session.usable() => {
+                    return Ok(session)
+                }
                 Some((session, _)) => {
                     tokio::spawn(session.quit());
                 }
@@ -232,7 +237,8 @@ fn tls_connector(cfg: &UpstreamConfig) -> anyhow::Result<TlsConnector> {
         return mail_send::smtp::tls::build_tls_connector(true).map_err(anyhow::Error::msg);
     }
     if let Some(ca) = &cfg.ca_file {
-        let pem = std::fs::read(ca).with_context(|| format!("reading upstream.ca_file {}", ca.display()))?;
+        let pem = std::fs::read(ca)
+            .with_context(|| format!("reading upstream.ca_file {}", ca.display()))?;
         let mut roots = rustls::RootCertStore::empty();
         for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
             let cert = cert.with_context(|| format!("parsing {}", ca.display()))?;
@@ -259,7 +265,9 @@ fn describe(e: &mail_send::Error) -> String {
     match e {
         mail_send::Error::Io(io) => io.to_string(),
         mail_send::Error::Tls(t) => format!("TLS: {t}"),
-        mail_send::Error::UnexpectedReply(r) => format!("unexpected reply {} {}", r.code, r.message),
+        mail_send::Error::UnexpectedReply(r) => {
+            format!("unexpected reply {} {}", r.code, r.message)
+        }
         mail_send::Error::AuthenticationFailed(r) => {
             format!("authentication failed: {} {}", r.code, r.message)
         }
@@ -307,7 +315,8 @@ impl UpstreamSession {
     }
 
     pub async fn mail_from(&mut self, from: &str, params: &str) -> Result<Reply, UpstreamError> {
-        self.command(&format!("MAIL FROM:<{from}>{params}\r\n")).await
+        self.command(&format!("MAIL FROM:<{from}>{params}\r\n"))
+            .await
     }
 
     pub async fn rcpt_to(&mut self, to: &str) -> Result<Reply, UpstreamError> {
@@ -349,7 +358,10 @@ impl UpstreamSession {
 
 /// Writes `parts` as one DATA payload: a `.` is doubled at every line start (RFC 5321 4.5.2),
 /// the payload is closed with CRLF.CRLF without adding a blank line when it already ends in CRLF.
-pub async fn write_dot_stuffed<W: AsyncWrite + Unpin>(w: &mut W, parts: &[&[u8]]) -> std::io::Result<()> {
+pub async fn write_dot_stuffed<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    parts: &[&[u8]],
+) -> std::io::Result<()> {
     let mut line_start = true;
     let mut last_two = [0u8; 2];
     let mut total = 0usize;
@@ -390,14 +402,26 @@ mod tests {
 
     #[tokio::test]
     async fn dots_are_stuffed_at_every_line_start_across_parts() {
-        assert_eq!(stuffed(&[b".a\r\n", b".b\r\nc.\r\n"]).await, b"..a\r\n..b\r\nc.\r\n.\r\n".to_vec());
-        assert_eq!(stuffed(&[b"x\r\n", b".\r\n"]).await, b"x\r\n..\r\n.\r\n".to_vec());
+        assert_eq!(
+            stuffed(&[b".a\r\n", b".b\r\nc.\r\n"]).await,
+            b"..a\r\n..b\r\nc.\r\n.\r\n".to_vec()
+        );
+        assert_eq!(
+            stuffed(&[b"x\r\n", b".\r\n"]).await,
+            b"x\r\n..\r\n.\r\n".to_vec()
+        );
     }
 
     #[tokio::test]
     async fn no_blank_line_is_added_and_a_missing_final_crlf_is_supplied() {
-        assert_eq!(stuffed(&[b"a\r\n\r\nbody\r\n"]).await, b"a\r\n\r\nbody\r\n.\r\n".to_vec());
-        assert_eq!(stuffed(&[b"a\r\n\r\nbody"]).await, b"a\r\n\r\nbody\r\n.\r\n".to_vec());
+        assert_eq!(
+            stuffed(&[b"a\r\n\r\nbody\r\n"]).await,
+            b"a\r\n\r\nbody\r\n.\r\n".to_vec()
+        );
+        assert_eq!(
+            stuffed(&[b"a\r\n\r\nbody"]).await,
+            b"a\r\n\r\nbody\r\n.\r\n".to_vec()
+        );
         assert_eq!(stuffed(&[]).await, b".\r\n".to_vec());
     }
 }

@@ -8,7 +8,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
 use argon2::Argon2;
 
 #[derive(Clone, Default)]
@@ -26,9 +28,9 @@ impl Users {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let (user, hash) = line.split_once(':').with_context(|| {
-                format!("{}:{}: expected `user:hash`", path.display(), n + 1)
-            })?;
+            let (user, hash) = line
+                .split_once(':')
+                .with_context(|| format!("{}:{}: expected `user:hash`", path.display(), n + 1))?;
             PasswordHash::new(hash).map_err(|e| {
                 anyhow::anyhow!("{}:{}: `{user}` has no valid argon2 hash ({e}); make one with `bccguard passwd`", path.display(), n + 1)
             })?;
@@ -47,7 +49,11 @@ impl Users {
         let password = password.to_string();
         let ok = tokio::task::spawn_blocking(move || {
             PasswordHash::new(&hash)
-                .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+                .map(|parsed| {
+                    Argon2::default()
+                        .verify_password(password.as_bytes(), &parsed)
+                        .is_ok()
+                })
                 .unwrap_or(false)
         })
         .await
@@ -102,7 +108,11 @@ mod tests {
     async fn hash_round_trip_and_unknown_user() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("users");
-        std::fs::write(&path, format!("alice:{}\n", hash_password("s3cret").unwrap())).unwrap();
+        std::fs::write(
+            &path,
+            format!("alice:{}\n", hash_password("s3cret").unwrap()),
+        )
+        .unwrap();
         let users = Users::load(&path).unwrap();
         assert!(users.verify("alice", "s3cret").await);
         assert!(!users.verify("alice", "wrong").await);

@@ -252,8 +252,14 @@ mod tests {
     #[test]
     fn plain_message_is_unstuffed_and_ends_at_crlf_dot_crlf() {
         let (msg, used) = read_all(b"Subject: x\r\n\r\n..leading dot\r\nbody\r\n.\r\nQUIT\r\n");
-        assert_eq!(msg.unwrap(), b"Subject: x\r\n\r\n.leading dot\r\nbody\r\n".to_vec());
-        assert_eq!(used, 38, "QUIT after the terminator is not part of the message");
+        assert_eq!(
+            msg.unwrap(),
+            b"Subject: x\r\n\r\n.leading dot\r\nbody\r\n".to_vec()
+        );
+        assert_eq!(
+            used, 38,
+            "QUIT after the terminator is not part of the message"
+        );
     }
 
     #[test]
@@ -274,7 +280,11 @@ mod tests {
         ] {
             let (msg, used) = read_all(attack);
             assert_eq!(msg, Err(want), "{attack:?}");
-            assert_eq!(used, attack.len(), "must end only at the real CRLF.CRLF: {attack:?}");
+            assert_eq!(
+                used,
+                attack.len(),
+                "must end only at the real CRLF.CRLF: {attack:?}"
+            );
         }
         // Here the bytes do contain CRLF.CRLF (`a\r` then `\r\n.\r\n`): every compliant server
         // ends there, so ending there is agreement, not smuggling; the message is still refused.

@@ -5,10 +5,10 @@
 use std::borrow::Cow;
 
 use super::reply::Reply;
-use crate::metrics::RejectReason;
 use super::session::Session;
 use crate::audit::{header_digest, AuditEvent};
 use crate::config::{Action, Mode};
+use crate::metrics::RejectReason;
 use crate::policy::Decision;
 use crate::relay::UpstreamError;
 use crate::rewrite::{Outgoing, RewriteError};
@@ -219,7 +219,14 @@ async fn forward(s: &mut Session, out: &Outgoing<'_>) -> (Reply, Option<String>)
         Ok(r) => {
             let accepted = r.is_positive();
             let reply = if accepted {
-                Reply::new(250, (2, 0, 0), format!("Message accepted by upstream: {}", r.text.replace('\n', " ")))
+                Reply::new(
+                    250,
+                    (2, 0, 0),
+                    format!(
+                        "Message accepted by upstream: {}",
+                        r.text.replace('\n', " ")
+                    ),
+                )
             } else {
                 r
             };
@@ -234,7 +241,13 @@ async fn forward(s: &mut Session, out: &Outgoing<'_>) -> (Reply, Option<String>)
 }
 
 /// One copy per envelope recipient, each a transaction of its own with `To:` that recipient.
-async fn split(s: &mut Session, raw: &[u8], sender: &str, rcpts: &[String], d: &Decision) -> (Reply, Option<String>) {
+async fn split(
+    s: &mut Session,
+    raw: &[u8],
+    sender: &str,
+    rcpts: &[String],
+    d: &Decision,
+) -> (Reply, Option<String>) {
     let live = s.shared.live();
     // Prepare every copy's header first: a DKIM refusal must stop the message before any copy leaves.
     let mut copies = Vec::with_capacity(rcpts.len());
@@ -245,7 +258,10 @@ async fn split(s: &mut Session, raw: &[u8], sender: &str, rcpts: &[String], d: &
         }
     }
     reset_upstream(s).await;
-    let params = s.tx.as_ref().map(|t| t.upstream_params.clone()).unwrap_or_default();
+    let params =
+        s.tx.as_ref()
+            .map(|t| t.upstream_params.clone())
+            .unwrap_or_default();
     let received = received_header(s);
     let mut accepted = 0usize;
     let mut failures: Vec<(String, Reply)> = Vec::new();
@@ -323,18 +339,29 @@ async fn send_copy(
 /// Sends a delivery status notification for failed split copies to the envelope sender.
 async fn notify_failures(s: &mut Session, sender: &str, raw: &[u8], failures: &[(String, Reply)]) {
     let header = original_header(raw);
-    let details: Vec<(String, String)> = failures.iter().map(|(r, reply)| (r.clone(), reply.to_string())).collect();
-    let report = crate::relay::dsn::failure_report(&s.shared.cfg.server.hostname, sender, header, &details);
-    send_generated(s, sender, &report, "delivery report for failed split copies").await;
+    let details: Vec<(String, String)> = failures
+        .iter()
+        .map(|(r, reply)| (r.clone(), reply.to_string()))
+        .collect();
+    let report =
+        crate::relay::dsn::failure_report(&s.shared.cfg.server.hostname, sender, header, &details);
+    send_generated(
+        s,
+        sender,
+        &report,
+        "delivery report for failed split copies",
+    )
+    .await;
 }
 
 /// Tells the sender that their message went out altered, and why (per-rule `notify_sender`).
 async fn notify_intervention(s: &mut Session, sender: &str, raw: &[u8], d: &Decision) {
-    let notice = s
-        .shared
-        .live()
-        .rewriter
-        .sender_notice(&s.shared.cfg.server.hostname, sender, d, original_header(raw));
+    let notice = s.shared.live().rewriter.sender_notice(
+        &s.shared.cfg.server.hostname,
+        sender,
+        d,
+        original_header(raw),
+    );
     send_generated(s, sender, &notice, "notice to the sender").await;
 }
 
@@ -392,9 +419,11 @@ fn d_notify(d: &Decision, effective: Action) -> bool {
     d.notify_sender && matches!(effective, Action::Rewrite | Action::Split)
 }
 
-
 /// Writes one audit record, timing the durable write for the metrics.
-async fn record(s: &super::server::Shared, event: AuditEvent) -> Result<u64, crate::audit::AuditError> {
+async fn record(
+    s: &super::server::Shared,
+    event: AuditEvent,
+) -> Result<u64, crate::audit::AuditError> {
     let started = std::time::Instant::now();
     let result = s.audit.record(event).await;
     s.metrics.audit_write(started.elapsed(), result.is_ok());

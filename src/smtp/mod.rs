@@ -2,12 +2,12 @@
 //! machine, AUTH, strict DATA/BDAT reception, limits and timeouts, graceful shutdown.
 
 pub mod auth;
-pub mod server;
 pub mod data;
 pub mod delivery;
 pub mod observe;
 pub mod proxy;
 pub mod reply;
+pub mod server;
 pub mod session;
 pub mod stream;
 pub mod tls;

@@ -65,9 +65,9 @@ impl Reply {
             let sep = if i == last { ' ' } else { '-' };
             let line = sanitize_line(line);
             match self.status {
-                Some((c, s, d)) => {
-                    out.extend_from_slice(format!("{}{sep}{c}.{s}.{d} {line}\r\n", self.code).as_bytes())
-                }
+                Some((c, s, d)) => out.extend_from_slice(
+                    format!("{}{sep}{c}.{s}.{d} {line}\r\n", self.code).as_bytes(),
+                ),
                 None => out.extend_from_slice(format!("{}{sep}{line}\r\n", self.code).as_bytes()),
             }
         }
@@ -93,7 +93,12 @@ fn sanitize_line(line: &str) -> String {
 impl fmt::Display for Reply {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.status {
-            Some((c, s, d)) => write!(f, "{} {c}.{s}.{d} {}", self.code, self.text.replace('\n', " / ")),
+            Some((c, s, d)) => write!(
+                f,
+                "{} {c}.{s}.{d} {}",
+                self.code,
+                self.text.replace('\n', " / ")
+            ),
             None => write!(f, "{} {}", self.code, self.text.replace('\n', " / ")),
         }
     }

@@ -21,11 +21,11 @@ use tracing::Instrument;
 use super::auth::Users;
 use super::observe::Observe;
 use super::reply::Reply;
-use crate::metrics::RejectReason;
 use super::session::Session;
 use super::stream::Conn;
 use crate::audit::AuditLog;
 use crate::config::{Config, ListenerConfig, TlsMode};
+use crate::metrics::RejectReason;
 use crate::policy::Policy;
 use crate::relay::Upstream;
 use crate::rewrite::Rewriter;
@@ -43,7 +43,12 @@ impl Live {
         let policy = Policy::new(&cfg.policy).context("building the policy")?;
         let rewriter = Rewriter::new(&cfg.policy).context("preparing the rewriter")?;
         let tls = cfg.tls.as_ref().map(super::tls::acceptor).transpose()?;
-        let users = cfg.auth.users_file.as_deref().map(Users::load).transpose()?;
+        let users = cfg
+            .auth
+            .users_file
+            .as_deref()
+            .map(Users::load)
+            .transpose()?;
         Ok(Live {
             policy,
             rewriter,
@@ -97,7 +102,10 @@ impl Listener {
 pub fn run_from_cli(config: &Path) -> ExitCode {
     // Both ring and aws-lc could be linked in by dependencies; choose explicitly once.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("bccguard: cannot start the async runtime: {e}");
@@ -119,14 +127,18 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let live = Live::build(&cfg)?;
     let relay_networks = cfg.relay_networks()?;
     let upstream = Upstream::new(&cfg.upstream, &cfg.server.hostname)?;
-    let audit = AuditLog::open(&cfg.audit, &live.policy.version()).context("opening the audit log")?;
+    let audit =
+        AuditLog::open(&cfg.audit, &live.policy.version()).context("opening the audit log")?;
     if !audit.is_writable() {
         tracing::error!(
             path = %cfg.audit.path.display(),
             "audit log is not writable: messages that need an audit record will get 451 4.3.0 until it is fixed"
         );
     }
-    let metrics = cfg.metrics.as_ref().map(|_| Arc::new(crate::metrics::Metrics::new()));
+    let metrics = cfg
+        .metrics
+        .as_ref()
+        .map(|_| Arc::new(crate::metrics::Metrics::new()));
 
     let mut bound = Vec::new();
     for (i, lc) in cfg.listeners.iter().enumerate() {
@@ -184,7 +196,10 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     })
     .await;
     if drained.is_err() {
-        tracing::warn!(remaining = sessions.len(), "grace period over: closing remaining sessions");
+        tracing::warn!(
+            remaining = sessions.len(),
+            "grace period over: closing remaining sessions"
+        );
         sessions.shutdown().await;
     }
     tracing::info!("stopped");
@@ -203,7 +218,12 @@ async fn spawn_metrics_endpoint(
     }
     let live = shared.live();
     metrics.register_rules(
-        shared.cfg.policy.rules.iter().map(|r| (r.name.as_str(), r.action)),
+        shared
+            .cfg
+            .policy
+            .rules
+            .iter()
+            .map(|r| (r.name.as_str(), r.action)),
         live.policy.mode(),
     );
     let socket = TcpListener::bind(address)
@@ -229,7 +249,10 @@ async fn spawn_metrics_endpoint(
 /// Waits for SIGTERM/SIGINT; reloads on SIGHUP in between.
 async fn wait_for_stop_signal(shared: &Arc<Shared>, config_path: &Path) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut hup)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup())) else {
+    let (Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
         tracing::error!("cannot install signal handlers; stop with Ctrl-C");
         let _ = tokio::signal::ctrl_c().await;
         return;
@@ -323,7 +346,11 @@ async fn accept_loop(
 }
 
 async fn refuse_busy(mut tcp: TcpStream) {
-    let reply = Reply::new(421, (4, 3, 2), "Too many connections, please try again later");
+    let reply = Reply::new(
+        421,
+        (4, 3, 2),
+        "Too many connections, please try again later",
+    );
     let _ = tokio::time::timeout(Duration::from_secs(5), tcp.write_all(&reply.to_wire())).await;
 }
 
@@ -366,7 +393,9 @@ async fn serve_connection(
     };
     let label = listener.cfg.address.clone();
     let _active = shared.metrics.session(&label);
-    let end = Session::new(shared.clone(), listener, id, peer, conn, shutdown).run().await;
+    let end = Session::new(shared.clone(), listener, id, peer, conn, shutdown)
+        .run()
+        .await;
     tracing::info!(end = ?end, "disconnected");
 }
 

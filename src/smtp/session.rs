@@ -15,10 +15,10 @@ use tokio::sync::watch;
 use super::data::{ChunkChecker, DataReader, Feed};
 use super::observe::InFlight;
 use super::reply::Reply;
-use crate::metrics::RejectReason;
 use super::server::{Listener, Shared};
 use super::stream::Conn;
 use crate::config::AuthRequirement;
+use crate::metrics::RejectReason;
 use crate::relay::UpstreamSession;
 
 /// Longest command line we accept (RFC 5321 allows 512; extensions make real ones longer).
@@ -141,7 +141,11 @@ impl Session {
     fn relay_permitted(&self) -> bool {
         self.auth_user.is_some()
             || (self.listener.cfg.auth != AuthRequirement::Required
-                && self.shared.relay_networks.iter().any(|n| n.contains(&self.peer.ip())))
+                && self
+                    .shared
+                    .relay_networks
+                    .iter()
+                    .any(|n| n.contains(&self.peer.ip())))
     }
 
     pub async fn run(mut self) -> End {
@@ -153,13 +157,25 @@ impl Session {
         let end = self.command_loop().await;
         match &end {
             End::Shutdown => {
-                self.queue(&Reply::new(421, (4, 3, 2), "Service shutting down, please try again later"));
+                self.queue(&Reply::new(
+                    421,
+                    (4, 3, 2),
+                    "Service shutting down, please try again later",
+                ));
             }
             End::Timeout => {
-                self.queue(&Reply::new(421, (4, 4, 2), "Timeout waiting for your command, closing connection"));
+                self.queue(&Reply::new(
+                    421,
+                    (4, 4, 2),
+                    "Timeout waiting for your command, closing connection",
+                ));
             }
             End::TooManyErrors => {
-                self.queue(&Reply::new(421, (4, 7, 0), "Too many errors, closing connection"));
+                self.queue(&Reply::new(
+                    421,
+                    (4, 7, 0),
+                    "Too many errors, closing connection",
+                ));
             }
             _ => {}
         }
@@ -197,7 +213,10 @@ impl Session {
         .await
         {
             Ok(r) => r,
-            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out")),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "write timed out",
+            )),
         }
     }
 
@@ -264,7 +283,11 @@ impl Session {
                     )));
                 }
                 if line.len() > MAX_COMMAND_LINE {
-                    return Ok(Line::Invalid(Reply::new(500, (5, 5, 2), "Command line too long")));
+                    return Ok(Line::Invalid(Reply::new(
+                        500,
+                        (5, 5, 2),
+                        "Command line too long",
+                    )));
                 }
                 return Ok(Line::Command(line));
             }
@@ -276,7 +299,11 @@ impl Session {
                     self.fill(timeout, false, COMMAND_READ).await?;
                     if let Some(i) = memchr::memchr(b'\n', &self.input) {
                         self.input.drain(..=i);
-                        return Ok(Line::Invalid(Reply::new(500, (5, 5, 2), "Command line too long")));
+                        return Ok(Line::Invalid(Reply::new(
+                            500,
+                            (5, 5, 2),
+                            "Command line too long",
+                        )));
                     }
                     self.input.clear();
                 }
@@ -375,11 +402,18 @@ impl Session {
         self.helo = Some(host.clone());
         self.esmtp = esmtp;
         if !esmtp {
-            self.queue(&Reply::bare(250, format!("{} Hello {host}", self.shared.cfg.server.hostname)));
+            self.queue(&Reply::bare(
+                250,
+                format!("{} Hello {host}", self.shared.cfg.server.hostname),
+            ));
             return;
         }
         let mut lines = vec![
-            format!("{} Hello {host} [{}]", self.shared.cfg.server.hostname, self.peer.ip()),
+            format!(
+                "{} Hello {host} [{}]",
+                self.shared.cfg.server.hostname,
+                self.peer.ip()
+            ),
             "PIPELINING".to_string(),
             format!("SIZE {}", self.shared.cfg.server.max_message_size),
             "8BITMIME".to_string(),
@@ -399,12 +433,20 @@ impl Session {
 
     async fn starttls(&mut self) -> Result<(), End> {
         if !self.starttls_offered() {
-            let text = if self.is_tls() { "TLS already active" } else { "STARTTLS not available on this port" };
+            let text = if self.is_tls() {
+                "TLS already active"
+            } else {
+                "STARTTLS not available on this port"
+            };
             self.queue(&Reply::new(503, (5, 5, 1), text));
             return Ok(());
         }
         let Some(acceptor) = self.shared.live().tls.clone() else {
-            self.queue(&Reply::new(454, (4, 7, 0), "TLS not available due to temporary reason"));
+            self.queue(&Reply::new(
+                454,
+                (4, 7, 0),
+                "TLS not available due to temporary reason",
+            ));
             return Ok(());
         };
         self.queue(&Reply::new(220, (2, 0, 0), "Ready to start TLS"));
@@ -412,7 +454,10 @@ impl Session {
         // Anything pipelined after STARTTLS was sent in the clear and could have been injected
         // by a man in the middle (CVE-2011-0411 class): it must never run as a command.
         if !self.input.is_empty() {
-            tracing::warn!(bytes = self.input.len(), "discarding plaintext pipelined after STARTTLS");
+            tracing::warn!(
+                bytes = self.input.len(),
+                "discarding plaintext pipelined after STARTTLS"
+            );
             self.input.clear();
         }
         let Some(Conn::Plain(tcp)) = self.conn.take() else {
@@ -448,7 +493,11 @@ impl Session {
 
     async fn auth(&mut self, mechanism: u64, initial: String) -> Result<(), End> {
         if self.listener.cfg.auth == AuthRequirement::None || self.shared.live().users.is_none() {
-            self.queue(&Reply::new(502, (5, 5, 1), "AUTH not available on this port"));
+            self.queue(&Reply::new(
+                502,
+                (5, 5, 1),
+                "AUTH not available on this port",
+            ));
             return Ok(());
         }
         if !self.auth_offered() {
@@ -468,7 +517,11 @@ impl Session {
             return Ok(());
         }
         if self.tx.is_some() {
-            self.queue(&Reply::new(503, (5, 5, 1), "AUTH not allowed during a mail transaction"));
+            self.queue(&Reply::new(
+                503,
+                (5, 5, 1),
+                "AUTH not allowed during a mail transaction",
+            ));
             return Ok(());
         }
         let credentials = if mechanism == AUTH_PLAIN {
@@ -512,7 +565,11 @@ impl Session {
                 _ => None,
             }
         } else {
-            self.queue(&Reply::new(504, (5, 5, 4), "Unrecognized authentication mechanism; use PLAIN or LOGIN"));
+            self.queue(&Reply::new(
+                504,
+                (5, 5, 4),
+                "Unrecognized authentication mechanism; use PLAIN or LOGIN",
+            ));
             return Ok(());
         };
         let Some((user, password)) = credentials else {
@@ -533,7 +590,11 @@ impl Session {
         self.auth_failures += 1;
         self.shared.metrics.rejected(RejectReason::AuthFailed);
         tracing::info!(user = %user, failures = self.auth_failures, "authentication failed");
-        self.queue(&Reply::new(535, (5, 7, 8), "Authentication credentials invalid"));
+        self.queue(&Reply::new(
+            535,
+            (5, 7, 8),
+            "Authentication credentials invalid",
+        ));
         if self.auth_failures >= MAX_AUTH_FAILURES {
             return Err(End::TooManyErrors);
         }
@@ -551,7 +612,9 @@ impl Session {
                 return Ok(None);
             }
         };
-        let text = String::from_utf8_lossy(&line[..line.len() - 2]).trim().to_string();
+        let text = String::from_utf8_lossy(&line[..line.len() - 2])
+            .trim()
+            .to_string();
         if text == "*" {
             self.queue(&Reply::new(501, (5, 0, 0), "Authentication cancelled"));
             return Ok(None);
@@ -700,7 +763,9 @@ impl Session {
         }
         let max = self.shared.cfg.server.max_recipients;
         if tx.rcpts.len() >= max {
-            self.shared.metrics.rejected(RejectReason::TooManyRecipients);
+            self.shared
+                .metrics
+                .rejected(RejectReason::TooManyRecipients);
             self.queue(&Reply::new(
                 452,
                 (4, 5, 3),
@@ -710,7 +775,11 @@ impl Session {
         }
         let Some(up) = self.upstream.as_mut() else {
             self.tx = None;
-            self.queue(&Reply::new(451, (4, 4, 1), "Upstream connection lost; transaction aborted"));
+            self.queue(&Reply::new(
+                451,
+                (4, 4, 1),
+                "Upstream connection lost; transaction aborted",
+            ));
             return;
         };
         match up.rcpt_to(&address).await {
@@ -752,13 +821,20 @@ impl Session {
 
     async fn data(&mut self) -> Result<(), End> {
         if self.pending_chunks.is_some() {
-            self.queue(&Reply::new(503, (5, 5, 1), "DATA cannot follow BDAT in one transaction"));
+            self.queue(&Reply::new(
+                503,
+                (5, 5, 1),
+                "DATA cannot follow BDAT in one transaction",
+            ));
             return Ok(());
         }
         if !self.ready_for_content() {
             return Ok(());
         }
-        self.queue(&Reply::bare(354, "Start mail input; end with <CRLF>.<CRLF>"));
+        self.queue(&Reply::bare(
+            354,
+            "Start mail input; end with <CRLF>.<CRLF>",
+        ));
         let max = self.shared.cfg.server.max_message_size;
         let mut reader = DataReader::new(max);
         let initial = self
@@ -804,10 +880,14 @@ impl Session {
         let timeout = Duration::from_secs(self.shared.cfg.server.data_timeout_seconds);
         // The chunk follows the command whatever we answer: read it all to stay in step.
         let valid = self.tx.as_ref().is_some_and(|t| !t.rcpts.is_empty());
-        let (mut checker, mut message, mut in_flight) = self
-            .pending_chunks
-            .take()
-            .unwrap_or_else(|| (ChunkChecker::new(max), Vec::new(), self.shared.metrics.in_flight()));
+        let (mut checker, mut message, mut in_flight) =
+            self.pending_chunks.take().unwrap_or_else(|| {
+                (
+                    ChunkChecker::new(max),
+                    Vec::new(),
+                    self.shared.metrics.in_flight(),
+                )
+            });
         let mut remaining = chunk_size;
         while remaining > 0 {
             if self.input.is_empty() {
@@ -837,13 +917,21 @@ impl Session {
             } else {
                 // Keep reading chunks; refuse the message when the client finishes it.
                 self.pending_chunks = Some((checker, message, in_flight));
-                self.queue(&Reply::new(250, (2, 0, 0), format!("{chunk_size} octets received")));
+                self.queue(&Reply::new(
+                    250,
+                    (2, 0, 0),
+                    format!("{chunk_size} octets received"),
+                ));
             }
             return Ok(());
         }
         if !is_last {
             self.pending_chunks = Some((checker, message, in_flight));
-            self.queue(&Reply::new(250, (2, 0, 0), format!("{chunk_size} octets received")));
+            self.queue(&Reply::new(
+                250,
+                (2, 0, 0),
+                format!("{chunk_size} octets received"),
+            ));
             return Ok(());
         }
         checker.finish();
@@ -891,7 +979,9 @@ async fn wait_for_shutdown(mut rx: watch::Receiver<bool>) {
 }
 
 fn decode_b64(text: &str) -> Option<Vec<u8>> {
-    base64::engine::general_purpose::STANDARD.decode(text.trim()).ok()
+    base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .ok()
 }
 
 fn bad_base64() -> Reply {
@@ -928,13 +1018,20 @@ fn syntax_reply(line: &[u8], e: smtp_proto::Error) -> Reply {
             Reply::new(500, (5, 5, 1), format!("Command unrecognized: {verb}"))
         }
         Error::InvalidSenderAddress => Reply::new(501, (5, 1, 7), "Bad sender address syntax"),
-        Error::InvalidRecipientAddress => Reply::new(501, (5, 1, 3), "Bad recipient address syntax"),
+        Error::InvalidRecipientAddress => {
+            Reply::new(501, (5, 1, 3), "Bad recipient address syntax")
+        }
         Error::SyntaxError { syntax } => Reply::new(501, (5, 5, 4), format!("Syntax: {syntax}")),
-        Error::InvalidParameter { param } => Reply::new(501, (5, 5, 4), format!("Invalid parameter {param}")),
+        Error::InvalidParameter { param } => {
+            Reply::new(501, (5, 5, 4), format!("Invalid parameter {param}"))
+        }
         Error::UnsupportedParameter { param } => Reply::new(
             555,
             (5, 5, 4),
-            format!("Unsupported parameter {}", param.chars().take(32).collect::<String>()),
+            format!(
+                "Unsupported parameter {}",
+                param.chars().take(32).collect::<String>()
+            ),
         ),
         Error::NeedsMoreData { .. } | Error::ResponseTooLong | Error::InvalidResponse { .. } => {
             Reply::new(500, (5, 5, 2), "Syntax error")
@@ -948,9 +1045,19 @@ mod tests {
 
     #[test]
     fn plain_credentials_follow_rfc_4616() {
-        assert_eq!(parse_plain(b"\0alice\0pw"), Some(("alice".into(), "pw".into())));
-        assert_eq!(parse_plain(b"alice\0alice\0pw"), Some(("alice".into(), "pw".into())));
-        assert_eq!(parse_plain(b"bob\0alice\0pw"), None, "acting as another user is refused");
+        assert_eq!(
+            parse_plain(b"\0alice\0pw"),
+            Some(("alice".into(), "pw".into()))
+        );
+        assert_eq!(
+            parse_plain(b"alice\0alice\0pw"),
+            Some(("alice".into(), "pw".into()))
+        );
+        assert_eq!(
+            parse_plain(b"bob\0alice\0pw"),
+            None,
+            "acting as another user is refused"
+        );
         assert_eq!(parse_plain(b"\0alice"), None);
         assert_eq!(parse_plain(b"\0\0pw"), None);
     }
@@ -958,10 +1065,14 @@ mod tests {
     #[test]
     fn syntax_errors_get_specific_codes() {
         let line = b"FOO bar\r\n";
-        let e = Request::parse(&mut line.iter()).err().map(|e| syntax_reply(line, e));
+        let e = Request::parse(&mut line.iter())
+            .err()
+            .map(|e| syntax_reply(line, e));
         assert_eq!(e.map(|r| r.code), Some(500));
         let line = b"MAIL FROM:<a@b> FOO=bar\r\n";
-        let e = Request::parse(&mut line.iter()).err().map(|e| syntax_reply(line, e));
+        let e = Request::parse(&mut line.iter())
+            .err()
+            .map(|e| syntax_reply(line, e));
         assert_eq!(e.map(|r| r.code), Some(555));
     }
 }
