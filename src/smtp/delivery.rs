@@ -189,7 +189,7 @@ fn received_header(s: &Session) -> String {
         .format(&time::format_description::well_known::Rfc2822)
         .unwrap_or_default();
     format!(
-        "Received: from {} ({})\r\n\tby {} (bccguard) with {} id {}.{};\r\n\t{}\r\n",
+        "Received: from {} ([{}])\r\n\tby {} (bccguard) with {} id {}.{};\r\n\t{}\r\n",
         sanitize(s.helo.as_deref().unwrap_or("unknown")),
         s.peer.ip(),
         s.shared.cfg.server.hostname,

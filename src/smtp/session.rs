@@ -727,6 +727,18 @@ impl Session {
                     // A reused session the upstream is closing (idle timeout): try a fresh one.
                     self.upstream = None;
                 }
+                Ok(reply) if reply.code == 530 || reply.code == 538 => {
+                    // The upstream refuses *us* (TLS or AUTH needed): a relay misconfiguration, not
+                    // a verdict on this message. Keep the mail queued at the client.
+                    self.shared.metrics.upstream_reply(Some(reply.code));
+                    tracing::error!(upstream_reply = %reply, "upstream refuses this relay's session: check [upstream] tls / username");
+                    self.upstream = None;
+                    return Err(Reply::new(
+                        451,
+                        (4, 4, 1),
+                        "Upstream mail server refused this relay's session (needs TLS or AUTH); message not accepted, please try again later",
+                    ));
+                }
                 Ok(reply) => {
                     self.shared.metrics.upstream_reply(Some(reply.code));
                     tx.upstream_params = params;
