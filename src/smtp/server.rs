@@ -100,6 +100,7 @@ impl Listener {
 }
 
 pub fn run_from_cli(config: &Path) -> ExitCode {
+    tune_allocator();
     // Both ring and aws-lc could be linked in by dependencies; choose explicitly once.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -121,6 +122,20 @@ pub fn run_from_cli(config: &Path) -> ExitCode {
         }
     }
 }
+
+/// Serves large message buffers straight from mmap: growing one then uses mremap instead of
+/// copying into a fresh heap block, so a message costs about its size in RSS, not old + new copy.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn tune_allocator() {
+    // SAFETY: mallopt only changes allocator parameters; called once before any thread starts.
+    let ok = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20) };
+    if ok != 1 {
+        tracing::debug!("mallopt(M_MMAP_THRESHOLD) refused; large messages may cost more memory");
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn tune_allocator() {}
 
 pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let cfg = Config::load(&config_path)?;
