@@ -123,12 +123,12 @@ pub fn run_from_cli(config: &Path) -> ExitCode {
     }
 }
 
-/// Serves large message buffers straight from mmap: growing one then uses mremap instead of
+/// Serves message buffers over 4 MiB straight from mmap: growing one then uses mremap instead of
 /// copying into a fresh heap block, so a message costs about its size in RSS, not old + new copy.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn tune_allocator() {
     // SAFETY: mallopt only changes allocator parameters; called once before any thread starts.
-    let ok = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20) };
+    let ok = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20) };
     if ok != 1 {
         tracing::debug!("mallopt(M_MMAP_THRESHOLD) refused; large messages may cost more memory");
     }

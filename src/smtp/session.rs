@@ -204,14 +204,15 @@ impl Session {
         let Some(conn) = self.conn.as_mut() else {
             return Ok(());
         };
-        let out = std::mem::take(&mut self.output);
+        let out = &self.output;
         let timeout = Duration::from_secs(self.shared.cfg.server.command_timeout_seconds);
-        match tokio::time::timeout(timeout, async {
-            conn.write_all(&out).await?;
+        let written = tokio::time::timeout(timeout, async {
+            conn.write_all(out).await?;
             conn.flush().await
         })
-        .await
-        {
+        .await;
+        self.output.clear();
+        match written {
             Ok(r) => r,
             Err(_) => Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
@@ -227,42 +228,27 @@ impl Session {
         let Some(conn) = self.conn.as_mut() else {
             return Err(End::Closed);
         };
-        let start = self.input.len();
         if idle && self.input.capacity() > 2 * COMMAND_READ {
             // Give back a large content buffer while the client sits idle.
             self.input.shrink_to(COMMAND_READ);
         }
-        self.input.resize(start + chunk, 0);
-        let read = conn.read(&mut self.input[start..]);
+        // Reads into spare capacity: no zero-filling of the buffer on every read.
+        self.input.reserve(chunk);
+        let read = conn.read_buf(&mut self.input);
         let result = if idle {
             let shutdown = self.shutdown.clone();
             tokio::select! {
                 r = tokio::time::timeout(timeout, read) => r,
-                _ = wait_for_shutdown(shutdown) => {
-                    self.input.truncate(start);
-                    return Err(End::Shutdown);
-                }
+                _ = wait_for_shutdown(shutdown) => return Err(End::Shutdown),
             }
         } else {
             tokio::time::timeout(timeout, read).await
         };
         match result {
-            Ok(Ok(0)) => {
-                self.input.truncate(start);
-                Err(End::Closed)
-            }
-            Ok(Ok(n)) => {
-                self.input.truncate(start + n);
-                Ok(())
-            }
-            Ok(Err(e)) => {
-                self.input.truncate(start);
-                Err(End::Io(e))
-            }
-            Err(_) => {
-                self.input.truncate(start);
-                Err(End::Timeout)
-            }
+            Ok(Ok(0)) => Err(End::Closed),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(End::Io(e)),
+            Err(_) => Err(End::Timeout),
         }
     }
 
