@@ -86,24 +86,32 @@ pub async fn deliver(s: &mut Session, raw: Vec<u8>) -> Reply {
         );
     }
 
-    let (reply, forwarded_digest) = match effective {
+    // `Sent::Nothing` when the relay refused the message itself (the audit record then carries
+    // no upstream reply).
+    let (reply, sent) = match effective {
         Action::Reject => {
             reset_upstream(s).await;
             let text = decision
                 .reject_text
                 .clone()
                 .unwrap_or_else(|| decision.reason.clone());
-            (Reply::new(550, (5, 7, 1), text), None)
+            (Reply::new(550, (5, 7, 1), text), Sent::Nothing)
         }
         Action::Accept => match live.rewriter.pass_through(&raw) {
             Ok(out) => forward(s, &out).await,
-            Err(e) => (refused(s, e).await, None),
+            Err(e) => (refused(s, e).await, Sent::Nothing),
         },
         Action::Rewrite => match live.rewriter.hide_recipients(&raw, &sender, &decision) {
             Ok(out) => forward(s, &out).await,
-            Err(e) => (refused(s, e).await, None),
+            Err(e) => (refused(s, e).await, Sent::Nothing),
         },
         Action::Split => split(s, &raw, &sender, &rcpts, &decision).await,
+    };
+    let refused_here = matches!(sent, Sent::Nothing) && effective != Action::Reject;
+    let (upstream_reply, forwarded_digest) = match sent {
+        Sent::Nothing => (None, None),
+        Sent::Refused => (Some(reply.to_string()), None),
+        Sent::Accepted(digest) => (Some(reply.to_string()), Some(digest)),
     };
 
     if d_notify(&decision, effective) && reply.is_positive() {
@@ -142,12 +150,20 @@ pub async fn deliver(s: &mut Session, raw: Vec<u8>) -> Reply {
         rule: decision.rule.clone(),
         action: decision.action,
         mode: decision.mode,
-        reason: decision.reason.clone(),
+        reason: if refused_here {
+            // e.g. a DKIM signature the rewrite would break: say what the client was told.
+            format!(
+                "{} Not carried out; the client was told: {reply}",
+                decision.reason
+            )
+        } else {
+            decision.reason.clone()
+        },
         visible: decision.visible.clone(),
         visible_external: decision.visible_external,
         external_domains: decision.external_domains,
         envelope_recipients: rcpts.len(),
-        upstream: (effective != Action::Reject).then(|| reply.to_string()),
+        upstream: upstream_reply,
         header_digest_original: digest_original,
         header_digest_forwarded: forwarded_digest,
     };
@@ -163,6 +179,16 @@ pub async fn deliver(s: &mut Session, raw: Vec<u8>) -> Reply {
             }
         }
     }
+}
+
+/// What reached the upstream for one message.
+enum Sent {
+    /// Refused here; the upstream never saw the content.
+    Nothing,
+    /// The upstream answered the content with a refusal (or the transfer failed).
+    Refused,
+    /// Accepted; the digest of the header section as forwarded.
+    Accepted(String),
 }
 
 async fn refused(s: &mut Session, e: RewriteError) -> Reply {
@@ -209,11 +235,14 @@ fn sanitize(helo: &str) -> Cow<'_, str> {
 }
 
 /// Sends one prepared message on the open upstream transaction.
-async fn forward(s: &mut Session, out: &Outgoing<'_>) -> (Reply, Option<String>) {
+async fn forward(s: &mut Session, out: &Outgoing<'_>) -> (Reply, Sent) {
     let received = received_header(s);
     let digest = header_digest(&out.header);
     let Some(up) = s.upstream.as_mut() else {
-        return (Reply::new(451, (4, 4, 1), "Upstream unavailable"), None);
+        return (
+            Reply::new(451, (4, 4, 1), "Upstream unavailable"),
+            Sent::Nothing,
+        );
     };
     match up.data(&[received.as_bytes(), &out.header, out.body]).await {
         Ok(r) => {
@@ -230,12 +259,19 @@ async fn forward(s: &mut Session, out: &Outgoing<'_>) -> (Reply, Option<String>)
             } else {
                 r
             };
-            (reply, accepted.then_some(digest))
+            (
+                reply,
+                if accepted {
+                    Sent::Accepted(digest)
+                } else {
+                    Sent::Refused
+                },
+            )
         }
         Err(e) => {
             tracing::warn!("{e}");
             s.upstream = None;
-            (e.reply(), None)
+            (e.reply(), Sent::Refused)
         }
     }
 }
@@ -247,14 +283,14 @@ async fn split(
     sender: &str,
     rcpts: &[String],
     d: &Decision,
-) -> (Reply, Option<String>) {
+) -> (Reply, Sent) {
     let live = s.shared.live();
     // Prepare every copy's header first: a DKIM refusal must stop the message before any copy leaves.
     let mut copies = Vec::with_capacity(rcpts.len());
     for rcpt in rcpts {
         match live.rewriter.for_recipient(raw, rcpt, d) {
             Ok(out) => copies.push((rcpt.clone(), out)),
-            Err(e) => return (refused(s, e).await, None),
+            Err(e) => return (refused(s, e).await, Sent::Nothing),
         }
     }
     reset_upstream(s).await;
@@ -289,7 +325,7 @@ async fn split(
             .or_else(|| failures.first())
             .map(|(_, r)| r.clone())
             .unwrap_or_else(|| Reply::new(451, (4, 4, 0), "No copy could be delivered"));
-        return (reply, None);
+        return (reply, Sent::Refused);
     }
     if !failures.is_empty() {
         // Some copies are out and cannot be recalled: accept, and tell the sender which failed.
@@ -303,7 +339,8 @@ async fn split(
             failures.len()
         )
     };
-    (Reply::new(250, (2, 0, 0), text), last_digest)
+    let sent = last_digest.map_or(Sent::Refused, Sent::Accepted);
+    (Reply::new(250, (2, 0, 0), text), sent)
 }
 
 async fn send_copy(

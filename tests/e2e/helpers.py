@@ -325,7 +325,7 @@ class PyUpstream:
     """A tiny SMTP server on asyncio streams, in its own thread.
 
     - RCPT for a local part starting with "reject" gets `550 5.1.1 No such user`; "tempfail" gets
-      `450 4.2.1 Mailbox busy`.
+      `450 4.2.1 Mailbox busy`; "baddata" is accepted at RCPT but its DATA gets `550 5.7.1`.
     - `data_reply` (if set) replaces the reply at the end of DATA, e.g. "554 5.7.0 Upstream says no".
     - Messages keep their exact bytes (CRLF, dot-stuffing undone)."""
 
@@ -451,7 +451,10 @@ class PyUpstream:
                             dline = dline[1:]
                         chunks.append(dline)
                     data = b"".join(chunks)
-                    if self.data_reply:
+                    if any(r.split("@", 1)[0].lower().startswith("baddata") for r in rcpts):
+                        # Accepted at RCPT, refused for the content: a per-copy failure in a split.
+                        await reply("550 5.7.1 Content refused for this mailbox")
+                    elif self.data_reply:
                         await reply(self.data_reply)
                     else:
                         with self._lock:
