@@ -7,18 +7,7 @@ use bccguard::config::{Action, Config, Mode, PolicyConfig, RuleConfig};
 use bccguard::policy::{Policy, Visible};
 
 fn rule(name: &str, action: Action) -> RuleConfig {
-    RuleConfig {
-        name: name.into(),
-        min_visible: None,
-        min_visible_external: None,
-        min_external_domains: None,
-        senders: vec![],
-        except_senders: vec![],
-        except_recipients: vec![],
-        action,
-        message: None,
-        notify_sender: false,
-    }
+    RuleConfig::new(name, action)
 }
 
 /// The shipped example's rules: press office exempt, 20+ outside rejected, 6+ outside hidden.

@@ -17,16 +17,8 @@ fn decision(action: Action) -> Decision {
     let cfg = PolicyConfig {
         internal_domains: vec!["example.org".into()],
         rules: vec![RuleConfig {
-            name: "many".into(),
-            min_visible: None,
             min_visible_external: Some(1),
-            min_external_domains: None,
-            senders: vec![],
-            except_senders: vec![],
-            except_recipients: vec![],
-            action,
-            message: None,
-            notify_sender: false,
+            ..RuleConfig::new("many", action)
         }],
         ..PolicyConfig::default()
     };

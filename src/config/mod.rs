@@ -337,6 +337,24 @@ pub struct RuleConfig {
     pub notify_sender: bool,
 }
 
+impl RuleConfig {
+    /// A rule with no conditions (it matches every message) and the given action.
+    pub fn new(name: &str, action: Action) -> RuleConfig {
+        RuleConfig {
+            name: name.to_string(),
+            min_visible: None,
+            min_visible_external: None,
+            min_external_domains: None,
+            senders: Vec::new(),
+            except_senders: Vec::new(),
+            except_recipients: Vec::new(),
+            action,
+            message: None,
+            notify_sender: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RecipientStorage {

@@ -339,18 +339,7 @@ mod tests {
     use crate::config::RuleConfig;
 
     fn rule(name: &str, action: Action) -> RuleConfig {
-        RuleConfig {
-            name: name.into(),
-            min_visible: None,
-            min_visible_external: None,
-            min_external_domains: None,
-            senders: vec![],
-            except_senders: vec![],
-            except_recipients: vec![],
-            action,
-            message: None,
-            notify_sender: false,
-        }
+        RuleConfig::new(name, action)
     }
 
     fn policy(rules: Vec<RuleConfig>, mode: Mode) -> Policy {

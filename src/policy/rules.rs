@@ -435,18 +435,7 @@ mod tests {
     use super::*;
 
     fn rule(name: &str, action: Action) -> RuleConfig {
-        RuleConfig {
-            name: name.into(),
-            min_visible: None,
-            min_visible_external: None,
-            min_external_domains: None,
-            senders: vec![],
-            except_senders: vec![],
-            except_recipients: vec![],
-            action,
-            message: None,
-            notify_sender: false,
-        }
+        RuleConfig::new(name, action)
     }
 
     fn visible(addrs: &[&str]) -> Visible {

@@ -303,7 +303,15 @@ async fn split(
     let mut failures: Vec<(String, Reply)> = Vec::new();
     let mut last_digest = None;
     for (rcpt, out) in &copies {
-        match send_copy(s, sender, &params, rcpt, &received, out).await {
+        match send_single(
+            s,
+            sender,
+            &params,
+            rcpt,
+            &[received.as_bytes(), &out.header, out.body],
+        )
+        .await
+        {
             Ok(r) if r.is_positive() => {
                 accepted += 1;
                 last_digest = Some(header_digest(&out.header));
@@ -343,23 +351,24 @@ async fn split(
     (Reply::new(250, (2, 0, 0), text), sent)
 }
 
-async fn send_copy(
+/// One complete single-recipient transaction on the upstream (reconnecting if the session is
+/// gone): split copies and the relay's own reports both go this way.
+async fn send_single(
     s: &mut Session,
     sender: &str,
     params: &str,
     rcpt: &str,
-    received: &str,
-    out: &Outgoing<'_>,
+    parts: &[&[u8]],
 ) -> Result<Reply, UpstreamError> {
-    let up = match s.upstream.as_mut().filter(|u| u.usable()) {
-        Some(up) => up,
-        None => {
-            s.upstream = Some(s.shared.upstream.connect().await?);
-            s.upstream.as_mut().ok_or(UpstreamError::Transport {
-                addr: s.shared.upstream.address(),
-                why: "no session".into(),
-            })?
-        }
+    if s.upstream.as_ref().is_none_or(|u| !u.usable()) {
+        // Fresh, not pooled: a stale pooled session would fail a copy that could have gone out.
+        s.upstream = Some(s.shared.upstream.connect().await?);
+    }
+    let Some(up) = s.upstream.as_mut() else {
+        return Err(UpstreamError::Transport {
+            addr: s.shared.upstream.address(),
+            why: "no session".into(),
+        });
     };
     let r = up.mail_from(sender, params).await?;
     if !r.is_positive() {
@@ -370,7 +379,7 @@ async fn send_copy(
         let _ = up.rset().await?;
         return Ok(r);
     }
-    up.data(&[received.as_bytes(), &out.header, out.body]).await
+    up.data(parts).await
 }
 
 /// Sends a delivery status notification for failed split copies to the envelope sender.
@@ -414,25 +423,7 @@ async fn send_generated(s: &mut Session, to: &str, message: &[u8], what: &str) {
     if to.is_empty() {
         return; // Never answer a bounce with a bounce.
     }
-    let result = async {
-        if s.upstream.as_ref().is_none_or(|u| !u.usable()) {
-            s.upstream = Some(s.shared.upstream.connect().await?);
-        }
-        let Some(up) = s.upstream.as_mut() else {
-            return Ok(Reply::new(451, (4, 4, 1), "no upstream"));
-        };
-        let r = up.mail_from("", "").await?;
-        if !r.is_positive() {
-            return Ok(r);
-        }
-        let r = up.rcpt_to(to).await?;
-        if !r.is_positive() {
-            let _ = up.rset().await?;
-            return Ok(r);
-        }
-        up.data(&[message]).await
-    }
-    .await;
+    let result = send_single(s, "", "", to, &[message]).await;
     match result {
         Ok(r) if r.is_positive() => tracing::info!("{what} sent"),
         Ok(r) => tracing::error!(reply = %r, "{what} refused by upstream"),

@@ -12,7 +12,7 @@ use smtp_proto::{Request, AUTH_LOGIN, AUTH_PLAIN, MAIL_BODY_8BITMIME, MAIL_SMTPU
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
-use super::data::{ChunkChecker, DataReader, Feed};
+use super::data::{ChunkChecker, DataError, DataReader, Feed};
 use super::observe::InFlight;
 use super::reply::Reply;
 use super::server::{Listener, Shared};
@@ -863,9 +863,7 @@ impl Session {
             }
         }
         if let Some(error) = reader.error() {
-            self.shared.metrics.rejected(error.metric_label());
-            self.abort_transaction().await;
-            self.queue(&error.reply(max));
+            self.refuse_content(error).await;
             return Ok(());
         }
         self.finish_message(message).await;
@@ -909,9 +907,7 @@ impl Session {
         }
         if let Some(error) = checker.error() {
             if is_last {
-                self.shared.metrics.rejected(error.metric_label());
-                self.abort_transaction().await;
-                self.queue(&error.reply(max));
+                self.refuse_content(error).await;
             } else {
                 // Keep reading chunks; refuse the message when the client finishes it.
                 self.pending_chunks = Some((checker, message, in_flight));
@@ -934,14 +930,19 @@ impl Session {
         }
         checker.finish();
         if let Some(error) = checker.error() {
-            self.shared.metrics.rejected(error.metric_label());
-            self.abort_transaction().await;
-            self.queue(&error.reply(max));
+            self.refuse_content(error).await;
             return Ok(());
         }
         self.finish_message(message).await;
         drop(in_flight);
         Ok(())
+    }
+
+    /// A message that broke the DATA rules: refused, and nothing of it goes upstream.
+    async fn refuse_content(&mut self, error: DataError) {
+        self.shared.metrics.rejected(error.metric_label());
+        self.abort_transaction().await;
+        self.queue(&error.reply(self.shared.cfg.server.max_message_size));
     }
 
     async fn finish_message(&mut self, message: Vec<u8>) {
