@@ -290,12 +290,12 @@ fn reload(shared: &Shared, config_path: &Path) {
         Ok((cfg, live)) => {
             let old_version = shared.live().policy.version();
             let version = live.policy.version();
-            if cfg.listeners.len() != shared.cfg.listeners.len()
-                || cfg.upstream.address != shared.cfg.upstream.address
-                || cfg.audit.path != shared.cfg.audit.path
-                || cfg.server.relay_networks != shared.cfg.server.relay_networks
-            {
-                tracing::warn!("reload: listener, upstream, relay_networks and audit changes take effect only after a restart");
+            let needs_restart = restart_only_changes(&shared.cfg, &cfg);
+            if !needs_restart.is_empty() {
+                tracing::warn!(
+                    sections = %needs_restart.join(", "),
+                    "reload: these sections changed but take effect only after a restart"
+                );
             }
             shared.audit.set_policy_version(&version);
             shared.replace_live(live);
@@ -303,6 +303,30 @@ fn reload(shared: &Shared, config_path: &Path) {
         }
         Err(e) => tracing::error!("reload refused, keeping the running configuration: {e:#}"),
     }
+}
+
+/// Config sections SIGHUP does not apply (sockets, upstream, audit file, limits) that differ.
+fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str> {
+    fn differs<T: serde::Serialize>(a: &T, b: &T) -> bool {
+        serde_json::to_value(a).ok() != serde_json::to_value(b).ok()
+    }
+    let mut changed = Vec::new();
+    if differs(&running.server, &new.server) {
+        changed.push("[server]");
+    }
+    if differs(&running.listeners, &new.listeners) {
+        changed.push("[[listener]]");
+    }
+    if differs(&running.upstream, &new.upstream) {
+        changed.push("[upstream]");
+    }
+    if differs(&running.audit, &new.audit) {
+        changed.push("[audit]");
+    }
+    if differs(&running.metrics, &new.metrics) {
+        changed.push("[metrics]");
+    }
+    changed
 }
 
 static SESSION_COUNTER: AtomicU64 = AtomicU64::new(0);
