@@ -835,12 +835,13 @@ impl Session {
         ));
         let max = self.shared.cfg.server.max_message_size;
         let mut reader = DataReader::new(max);
+        // Pre-size from the client's SIZE, but only up to 1 MiB: a declared size is a claim, and
+        // a thousand idle clients each claiming the maximum must not reserve gigabytes.
         let initial = self
             .tx
             .as_ref()
             .map_or(0, |t| t.declared_size)
-            .min(max)
-            .max(4096);
+            .clamp(4096, 1 << 20);
         let mut message = Vec::with_capacity(initial);
         let timeout = Duration::from_secs(self.shared.cfg.server.data_timeout_seconds);
         let mut in_flight = self.shared.metrics.in_flight();
