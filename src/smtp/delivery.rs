@@ -29,11 +29,27 @@ pub async fn deliver(s: &mut Session, raw: Vec<u8>) -> Reply {
     };
     let sender = tx.from.clone();
     let rcpts = tx.rcpts.clone();
-    let original_header = crate::message::header::split(&raw)
-        .map(|h| &raw[..h.body_offset])
-        .unwrap_or(&raw[..]);
-    let digest_original = header_digest(original_header);
-    let message_id = message_id(&raw);
+    let header = crate::message::header::split(&raw).ok();
+    let original_header = header.as_ref().map_or(&raw[..], |h| &raw[..h.body_offset]);
+    // What every audit record of this message shares; each path fills in the outcome.
+    let base_event = AuditEvent {
+        session: s.id.clone(),
+        client: s.peer.to_string(),
+        auth_user: s.auth_user.clone(),
+        sender: sender.clone(),
+        message_id: header.as_ref().and_then(message_id),
+        rule: None,
+        action: Action::Accept,
+        mode: Mode::Enforce,
+        reason: String::new(),
+        visible: Vec::new(),
+        visible_external: 0,
+        external_domains: 0,
+        envelope_recipients: rcpts.len(),
+        upstream: None,
+        header_digest_original: header_digest(original_header),
+        header_digest_forwarded: None,
+    };
 
     let decision = match live.policy.decide(&sender, &rcpts, &raw) {
         Ok(d) => d,
@@ -41,22 +57,10 @@ pub async fn deliver(s: &mut Session, raw: Vec<u8>) -> Reply {
             // A header we cannot read for sure could hide recipients: refuse, never guess low.
             let reply = Reply::new(550, (5, 6, 0), format!("Message refused: {unreadable}"));
             let event = AuditEvent {
-                session: s.id.clone(),
-                client: s.peer.to_string(),
-                auth_user: s.auth_user.clone(),
-                sender,
-                message_id,
                 rule: Some("unreadable-header".to_string()),
                 action: Action::Reject,
-                mode: Mode::Enforce,
                 reason: unreadable.to_string(),
-                visible: Vec::new(),
-                visible_external: 0,
-                external_domains: 0,
-                envelope_recipients: rcpts.len(),
-                upstream: None,
-                header_digest_original: digest_original,
-                header_digest_forwarded: None,
+                ..base_event
             };
             reset_upstream(s).await;
             return match record(&s.shared.clone(), event).await {
@@ -142,11 +146,6 @@ pub async fn deliver(s: &mut Session, raw: Vec<u8>) -> Reply {
         return reply;
     }
     let event = AuditEvent {
-        session: s.id.clone(),
-        client: s.peer.to_string(),
-        auth_user: s.auth_user.clone(),
-        sender,
-        message_id,
         rule: decision.rule.clone(),
         action: decision.action,
         mode: decision.mode,
@@ -162,10 +161,9 @@ pub async fn deliver(s: &mut Session, raw: Vec<u8>) -> Reply {
         visible: decision.visible.clone(),
         visible_external: decision.visible_external,
         external_domains: decision.external_domains,
-        envelope_recipients: rcpts.len(),
         upstream: upstream_reply,
-        header_digest_original: digest_original,
         header_digest_forwarded: forwarded_digest,
+        ..base_event
     };
     match record(&s.shared.clone(), event).await {
         Ok(_) => reply,
@@ -435,8 +433,7 @@ async fn send_generated(s: &mut Session, to: &str, message: &[u8], what: &str) {
 }
 
 /// The Message-ID field's value, for the audit record.
-fn message_id(raw: &[u8]) -> Option<String> {
-    let header = crate::message::header::split(raw).ok()?;
+fn message_id(header: &crate::message::header::HeaderSection<'_>) -> Option<String> {
     let field = header.fields.iter().find(|f| f.name_is("Message-ID"))?;
     let text = String::from_utf8_lossy(field.value);
     let id: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
