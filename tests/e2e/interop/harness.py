@@ -29,6 +29,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# Shared with the rest of the e2e suite (tests/e2e/helpers.py), which is on sys.path under pytest.
+from helpers import crlf, free_port, lf, split_message, to_toml, wait_for_port  # noqa: E402
+from helpers import wait_until as _wait_until  # noqa: E402
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.1, what: str = "condition"):
+    """helpers.wait_until with the slower defaults real Postfix instances need."""
+    return _wait_until(predicate, timeout, interval, what)
+
+
 POSTFIX_MASTER = "/usr/lib/postfix/sbin/master"
 POSTFIX_META = "/etc/postfix"  # read-only: postfix-files, dynamicmaps.cf shipped by the package
 NOBODY_UID = 65534  # virtual(8) writes the Maildirs as this user (nobody/nogroup on Debian)
@@ -41,40 +51,6 @@ TOOL_TIMEOUT = 30.0
 
 # --------------------------------------------------------------------------------------------
 # small utilities
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago (bind :0, read it, close)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def wait_until(predicate, timeout: float = 10.0, interval: float = 0.1, what: str = "condition"):
-    """Polls `predicate` until it returns something truthy; returns that value or raises."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-def wait_for_port(port: int, alive=None, timeout: float = 15.0, host: str = "127.0.0.1") -> None:
-    """Waits until host:port accepts TCP; `alive()` False means the process died (fail at once)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if alive is not None and not alive():
-            raise RuntimeError(f"process died before {host}:{port} accepted connections")
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing accepted connections on {host}:{port} within {timeout}s")
-            time.sleep(0.05)
 
 
 def make_workdir(prefix: str = "bccguard-interop-") -> Path:
@@ -103,16 +79,6 @@ def tail(path: Path, n: int = 6000) -> str:
         return ANSI.sub("", path.read_text("utf-8", "replace"))[-n:]
     except FileNotFoundError:
         return "(no log)"
-
-
-def crlf(data: bytes | str) -> bytes:
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-
-
-def lf(data: bytes) -> bytes:
-    return data.replace(b"\r\n", b"\n")
 
 
 def missing_tools(names: list[str]) -> list[str]:
@@ -163,15 +129,6 @@ def make_pki(d: Path, name: str = "interop") -> Pki:
 
 # --------------------------------------------------------------------------------------------
 # messages as Postfix stores them
-
-
-def split_message(data: bytes) -> tuple[bytes, bytes]:
-    """(header section with its final line end, body) for LF or CRLF data."""
-    for sep in (b"\r\n\r\n", b"\n\n"):
-        i = data.find(sep)
-        if i >= 0:
-            return data[: i + len(sep) // 2], data[i + len(sep):]
-    return data, b""
 
 
 def raw_fields(head: bytes) -> list[bytes]:
@@ -389,7 +346,7 @@ class Postfix:
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      start_new_session=True)
         try:
-            wait_for_port(self.port, alive=lambda: self.proc.poll() is None)
+            wait_for_port(self.port, timeout=15.0, alive=lambda: self.proc.poll() is None)
         except (RuntimeError, TimeoutError) as e:
             raise RuntimeError(f"postfix {self.name} did not start: {e}\n{tail(self.log_path)}") from None
         return self
@@ -476,39 +433,6 @@ class Postfix:
 # TOML writer (tomllib only reads)
 
 
-def _toml_scalar(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, (str, Path)):
-        return json.dumps(str(v))  # JSON string escapes are valid TOML basic-string escapes
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_scalar(x) for x in v) + "]"
-    raise TypeError(f"cannot write {v!r} as TOML")
-
-
-def to_toml(cfg: dict) -> str:
-    out: list[str] = []
-
-    def table(path: str, d: dict):
-        for k, v in d.items():
-            if not isinstance(v, dict) and not (isinstance(v, list) and v and isinstance(v[0], dict)):
-                out.append(f"{k} = {_toml_scalar(v)}")
-        for k, v in d.items():
-            sub = f"{path}.{k}" if path else k
-            if isinstance(v, dict):
-                out.append(f"\n[{sub}]")
-                table(sub, v)
-            elif isinstance(v, list) and v and isinstance(v[0], dict):
-                for item in v:
-                    out.append(f"\n[[{sub}]]")
-                    table(sub, item)
-
-    table("", cfg)
-    return "\n".join(out).lstrip("\n") + "\n"
-
-
 # --------------------------------------------------------------------------------------------
 # bccguard
 
@@ -560,7 +484,7 @@ class Bccguard:
                                      start_new_session=True)
         try:
             for i in range(len(self.config["listener"])):
-                wait_for_port(self.port(i), alive=lambda: self.proc.poll() is None)
+                wait_for_port(self.port(i), timeout=15.0, alive=lambda: self.proc.poll() is None)
         except (RuntimeError, TimeoutError) as e:
             raise RuntimeError(f"bccguard did not start: {e}\n{tail(self.log_path)}") from None
         return self
