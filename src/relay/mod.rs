@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio_rustls::TlsConnector;
 
 use crate::config::{TlsMode, UpstreamConfig};
-use crate::smtp::reply::Reply;
+use crate::reply::Reply;
 
 /// Anything mail-send can talk SMTP over: TCP or TLS over TCP.
 pub trait UpstreamIo: AsyncRead + AsyncWrite + Unpin + Send {}

@@ -27,8 +27,8 @@ impl DataError {
         }
     }
 
-    pub fn reply(self, limit: usize) -> super::reply::Reply {
-        use super::reply::Reply;
+    pub fn reply(self, limit: usize) -> crate::reply::Reply {
+        use crate::reply::Reply;
         match self {
             DataError::BareLf => Reply::new(
                 550,

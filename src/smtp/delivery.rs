@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 
-use super::reply::Reply;
+use crate::reply::Reply;
 use super::session::Session;
 use crate::audit::{header_digest, AuditEvent};
 use crate::config::{Action, Mode};

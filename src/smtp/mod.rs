@@ -6,7 +6,6 @@ pub mod data;
 pub mod delivery;
 pub mod observe;
 pub mod proxy;
-pub mod reply;
 pub mod server;
 pub mod session;
 pub mod stream;

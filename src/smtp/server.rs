@@ -20,7 +20,7 @@ use tracing::Instrument;
 
 use super::auth::Users;
 use super::observe::Observe;
-use super::reply::Reply;
+use crate::reply::Reply;
 use super::session::Session;
 use super::stream::Conn;
 use crate::audit::AuditLog;

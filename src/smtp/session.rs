@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use super::data::{ChunkChecker, DataError, DataReader, Feed};
 use super::observe::InFlight;
-use super::reply::Reply;
+use crate::reply::Reply;
 use super::server::{Listener, Shared};
 use super::stream::Conn;
 use crate::config::AuthRequirement;

@@ -1,5 +1,5 @@
-//! SMTP replies as we send them: code, enhanced status code (RFC 3463) and text, formatted
-//! correctly on the wire whether the text has one line or several.
+//! SMTP replies as every stage gives them (front end, relay, delivery plan): code, enhanced
+//! status code (RFC 3463) and text, formatted correctly on the wire whether one line or several.
 
 use std::fmt;
 
