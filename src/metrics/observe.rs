@@ -41,6 +41,13 @@ impl Observe {
         }
     }
 
+    /// A TLS session towards the upstream was (or failed to be) set up.
+    pub fn upstream_tls_handshake(&self, ok: bool) {
+        if let Some(m) = &self.metrics {
+            m.tls_handshake(TlsSide::Upstream, ok);
+        }
+    }
+
     pub fn rejected(&self, reason: RejectReason) {
         if let Some(m) = &self.metrics {
             m.rejected(reason);

@@ -362,11 +362,15 @@ impl Upstream {
                 }
             }
             TlsMode::Starttls | TlsMode::Implicit => {
-                let c = builder
+                let connected = builder
                     .implicit_tls(self.mode == TlsMode::Implicit)
                     .connect()
-                    .await
-                    .map_err(connect_err)?;
+                    .await;
+                // A refused connection is not a TLS failure; anything after it is.
+                if !matches!(&connected, Err(mail_send::Error::Io(_))) {
+                    self.metrics.upstream_tls_handshake(connected.is_ok());
+                }
+                let c = connected.map_err(connect_err)?;
                 SmtpClient {
                     stream: Box::new(c.stream),
                     timeout: c.timeout,
