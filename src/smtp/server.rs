@@ -20,7 +20,6 @@ use tracing::Instrument;
 
 use super::auth::Users;
 use super::observe::Observe;
-use crate::reply::Reply;
 use super::session::Session;
 use super::stream::Conn;
 use crate::audit::AuditLog;
@@ -28,6 +27,7 @@ use crate::config::{Config, ListenerConfig, TlsMode};
 use crate::metrics::RejectReason;
 use crate::policy::Policy;
 use crate::relay::Upstream;
+use crate::reply::Reply;
 use crate::rewrite::Rewriter;
 
 /// What SIGHUP replaces: policy, rewriter (DKIM key), TLS certificates and the users file.
@@ -402,6 +402,8 @@ async fn serve_connection(
     shutdown: watch::Receiver<bool>,
 ) {
     let timeout = Duration::from_secs(shared.cfg.server.command_timeout_seconds);
+    // hardening: IPv4 clients of a `[::]` listener match IPv4 relay/proxy networks.
+    let socket_peer = crate::config::networks::canonical_peer(socket_peer);
     let (tcp, peer) = match resolve_peer(&shared, &listener, tcp, socket_peer, timeout).await {
         Some(pair) => pair,
         None => return,
