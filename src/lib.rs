@@ -10,6 +10,7 @@
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod logging;
 pub mod message;
 pub mod metrics;
 pub mod policy;
