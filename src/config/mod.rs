@@ -72,6 +72,14 @@ pub struct ServerConfig {
     /// How long a graceful stop waits for transactions in flight before closing anyway.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace_seconds: u64,
+    /// Error replies (4xx/5xx) one session may get before it is disconnected with 421
+    /// (Postfix `smtpd_hard_error_limit`, also 20). 0 = no limit.
+    #[serde(default = "default_hard_error_limit")]
+    pub hard_error_limit: u32,
+}
+
+fn default_hard_error_limit() -> u32 {
+    20
 }
 
 fn default_max_message_size() -> usize {
@@ -168,6 +176,11 @@ pub struct UpstreamConfig {
     /// Per-command timeout, and the connect timeout.
     #[serde(default = "default_upstream_timeout")]
     pub timeout_seconds: u64,
+    /// How long to wait for the upstream's reply to the end of DATA: RFC 5321 4.5.3.2.6 says
+    /// 10 minutes, because the upstream may be doing its own checks; giving up sooner makes the
+    /// client send again a message the upstream then delivers twice.
+    #[serde(default = "default_upstream_data_reply_timeout")]
+    pub data_reply_timeout_seconds: u64,
     /// Name to verify the upstream's certificate against; defaults to the host part of `address`.
     #[serde(default)]
     pub tls_server_name: Option<String>,
@@ -188,6 +201,9 @@ fn default_upstream_tls() -> TlsMode {
 }
 fn default_upstream_timeout() -> u64 {
     60
+}
+fn default_upstream_data_reply_timeout() -> u64 {
+    600
 }
 
 impl UpstreamConfig {
@@ -213,6 +229,15 @@ pub enum Mode {
     #[default]
     Enforce,
     Monitor,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Monitor => "monitor",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]

@@ -8,14 +8,15 @@
 //! byte-identical, and leaves evidence of the original signer for anyone investigating.
 
 pub mod dkim;
-pub mod notice;
+pub mod plan;
 mod traces;
 
 use std::borrow::Cow;
 use std::ops::Range;
 
 use crate::config::{DkimOnRewrite, PolicyConfig, RewriteTo};
-use crate::message::header::{split, HeaderSection};
+use crate::message::header::HeaderSection;
+use crate::message::Message;
 use crate::policy::Decision;
 
 /// One message as it leaves: the (possibly edited) header section and the untouched body.
@@ -32,6 +33,9 @@ pub enum RewriteError {
     DkimRefused(String),
     #[error("{0}")]
     Unreadable(String),
+    /// Our own DKIM key failed to sign: the relay's fault, so the client should retry later.
+    #[error("DKIM signing failed: {0}")]
+    Signing(String),
 }
 
 /// The 550 text for a DKIM refusal: one ASCII line, says what to do.
@@ -76,8 +80,9 @@ impl Rewriter {
     }
 
     /// Unchanged except that any `Bcc` (and `Resent-Bcc`) field is removed.
-    pub fn pass_through<'a>(&self, raw: &'a [u8]) -> Result<Outgoing<'a>, RewriteError> {
-        let h = split_header(raw)?;
+    pub fn pass_through<'a>(&self, message: &'a Message) -> Result<Outgoing<'a>, RewriteError> {
+        let raw = message.raw();
+        let h = message.header();
         let removed: Vec<Range<usize>> = h
             .fields
             .iter()
@@ -102,7 +107,7 @@ impl Rewriter {
     /// Every To/Cc/Resent-To/Resent-Cc replaced by one `To:` that shows nobody else.
     pub fn hide_recipients<'a>(
         &self,
-        raw: &'a [u8],
+        message: &'a Message,
         sender: &str,
         d: &Decision,
     ) -> Result<Outgoing<'a>, RewriteError> {
@@ -110,13 +115,13 @@ impl Rewriter {
             RewriteTo::Sender if safe_address(sender) => format!("<{}>", sender.trim()),
             _ => "undisclosed-recipients:;".to_string(),
         };
-        self.replace_recipients(raw, &to, "rewritten", d, None)
+        self.replace_recipients(message, &to, "rewritten", d, None)
     }
 
     /// One split copy: `To:` that recipient alone.
     pub fn for_recipient<'a>(
         &self,
-        raw: &'a [u8],
+        message: &'a Message,
         rcpt: &str,
         d: &Decision,
     ) -> Result<Outgoing<'a>, RewriteError> {
@@ -126,31 +131,27 @@ impl Rewriter {
                 "recipient address {rcpt:?} cannot be written into a header"
             )));
         }
-        self.replace_recipients(raw, &format!("<{}>", rcpt.trim()), "split", d, Some(rcpt))
-    }
-
-    /// The short notice to the sender after a rewrite or split (see [`notice`]).
-    pub fn sender_notice(
-        &self,
-        hostname: &str,
-        sender: &str,
-        d: &Decision,
-        original_header: &[u8],
-    ) -> Vec<u8> {
-        notice::sender_notice(hostname, sender, d, original_header)
+        self.replace_recipients(
+            message,
+            &format!("<{}>", rcpt.trim()),
+            "split",
+            d,
+            Some(rcpt),
+        )
     }
 
     /// Replaces the recipient fields by one `To: to_value`, removes blind copies and every
     /// recipient trace (see [`traces`]), and applies the DKIM setting to signatures this breaks.
     fn replace_recipients<'a>(
         &self,
-        raw: &'a [u8],
+        message: &'a Message,
         to_value: &str,
         verb: &str,
         d: &Decision,
         rcpt: Option<&str>,
     ) -> Result<Outgoing<'a>, RewriteError> {
-        let h = split_header(raw)?;
+        let raw = message.raw();
+        let h = message.header();
         let eol = line_ending(raw, &h);
         // Addresses that must not survive in trace fields: everyone visible, and a split copy's own.
         let mut names: Vec<&str> = d.visible.iter().map(String::as_str).collect();
@@ -240,7 +241,7 @@ impl Rewriter {
             if let Some(signer) = &self.signer {
                 let sig = signer
                     .sign(&header, body, eol)
-                    .map_err(|e| RewriteError::Unreadable(format!("{e:#}")))?;
+                    .map_err(|e| RewriteError::Signing(format!("{e:#}")))?;
                 header.splice(0..0, sig);
             } else {
                 // Rewriter::new refuses `resign` without a key, so this is a wiring mistake; refuse safely.
@@ -256,14 +257,8 @@ impl Rewriter {
 
 /// DKIM signatures (`d=… s=…`) in the message whose `h=` covers a recipient field: a rewrite or
 /// split breaks them. Empty for an unreadable header.
-pub fn dkim_signatures_over_recipients(raw: &[u8]) -> Vec<String> {
-    split(raw)
-        .map(|h| dkim::signatures_covering(&h, RECIPIENT_FIELDS))
-        .unwrap_or_default()
-}
-
-fn split_header(raw: &[u8]) -> Result<HeaderSection<'_>, RewriteError> {
-    split(raw).map_err(|e| RewriteError::Unreadable(e.to_string()))
+pub fn dkim_signatures_over_recipients(message: &Message) -> Vec<String> {
+    dkim::signatures_covering(&message.header(), RECIPIENT_FIELDS)
 }
 
 fn is_one_of(name: &[u8], names: &[&str]) -> bool {
@@ -318,6 +313,10 @@ fn apply_edits(raw: &[u8], body_offset: usize, mut edits: Vec<(Range<usize>, Vec
 mod tests {
     use super::*;
 
+    fn msg(raw: &[u8]) -> Message {
+        Message::parse(raw.to_vec()).expect("splittable header")
+    }
+
     fn decision(rule: &str) -> Decision {
         Decision {
             action: crate::config::Action::Rewrite,
@@ -345,7 +344,8 @@ mod tests {
     fn hides_all_recipient_fields_at_first_position() {
         let raw = b"From: a@x\r\nTo: b@y,\r\n c@z\r\nSubject: s\r\ncc: d@w\r\nBcc: e@v\r\nRESENT-TO: f@u\r\n\r\nbody\r\n";
         let rw = Rewriter::new(&PolicyConfig::default()).unwrap();
-        let out = rw.hide_recipients(raw, "a@x", &decision("r")).unwrap();
+        let m = msg(raw);
+        let out = rw.hide_recipients(&m, "a@x", &decision("r")).unwrap();
         assert_eq!(
             &*out.header,
             b"From: a@x\r\nTo: undisclosed-recipients:;\r\nSubject: s\r\n\r\n"
@@ -357,10 +357,12 @@ mod tests {
     fn pass_through_borrows_without_bcc() {
         let raw = b"From: a@x\r\nTo: b@y\r\n\r\nbody";
         let rw = Rewriter::new(&PolicyConfig::default()).unwrap();
-        let out = rw.pass_through(raw).unwrap();
+        let m = msg(raw);
+        let out = rw.pass_through(&m).unwrap();
         assert!(matches!(out.header, Cow::Borrowed(_)));
         let raw = b"From: a@x\r\nBcc: b@y,\r\n\tc@z\r\nTo: d@w\r\n\r\nbody";
-        let out = rw.pass_through(raw).unwrap();
+        let m = msg(raw);
+        let out = rw.pass_through(&m).unwrap();
         assert_eq!(&*out.header, b"From: a@x\r\nTo: d@w\r\n\r\n");
     }
 
@@ -368,10 +370,12 @@ mod tests {
     fn lf_messages_keep_lf_and_header_only_messages_work() {
         let raw = b"From: a@x\nCc: b@y\n\nbody\n";
         let rw = Rewriter::new(&PolicyConfig::default()).unwrap();
-        let out = rw.for_recipient(raw, "b@y", &decision("r")).unwrap();
+        let m = msg(raw);
+        let out = rw.for_recipient(&m, "b@y", &decision("r")).unwrap();
         assert_eq!(&*out.header, b"From: a@x\nTo: <b@y>\n\n");
         let raw = b"From: a@x";
-        let out = rw.for_recipient(raw, "b@y", &decision("r")).unwrap();
+        let m = msg(raw);
+        let out = rw.for_recipient(&m, "b@y", &decision("r")).unwrap();
         assert_eq!(&*out.header, b"From: a@x\r\nTo: <b@y>\r\n");
         assert!(out.body.is_empty());
     }
@@ -380,7 +384,7 @@ mod tests {
     fn refuses_injection_through_recipient() {
         let rw = Rewriter::new(&PolicyConfig::default()).unwrap();
         assert!(rw
-            .for_recipient(b"To: a@b\r\n\r\n", "x@y>\r\nBcc: z@q", &decision("r"))
+            .for_recipient(&msg(b"To: a@b\r\n\r\n"), "x@y>\r\nBcc: z@q", &decision("r"))
             .is_err());
         assert!(safe_address("\"a b\"@x.org"));
         assert!(!safe_address("a b@x.org"));

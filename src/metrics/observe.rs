@@ -1,4 +1,4 @@
-//! The front end's view of the metrics: one call per event, so session code does not care
+//! The stages' view of the metrics: one call per event, so calling code does not care
 //! whether metrics are exported (`[metrics]` unset = every call is a no-op).
 
 use std::sync::Arc;
