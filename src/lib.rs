@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod deliver;
 pub mod generated;
+pub mod logging;
 pub mod message;
 pub mod metrics;
 pub mod policy;

@@ -584,3 +584,213 @@ fn sender_notice_says_what_and_why_without_recipients() {
         .unwrap()
         .contains("Subject: Your message was sent as separate copies"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// No recipient traces after a rewrite (issue 13.5)
+
+/// Every place a header section can name recipients besides To/Cc: trace fields, `Received ...
+/// for`, a DKIM `z=` copy (=40-encoded), Resent blocks, blind copies.
+fn traced_message(z_sig: &[u8]) -> Vec<u8> {
+    message(
+        &[
+            b"Return-Path: <alice@example.org>\r\n",
+            b"Received: from mx.example.org (mx [192.0.2.9])\r\n\tby relay.example.org (Postfix) with ESMTPS id 4AbC\r\n\tfor <env1@hidden.example>; Tue, 1 Jan 2030 00:00:02 +0000\r\n",
+            b"Received: from pc by mx.example.org with esmtpa (Exim 4.96)\r\n\t(envelope-from <alice@example.org>) id 1r FOR env2@hidden.example; Tue, 1 Jan 2030 00:00:01 +0000\r\n",
+            b"Received: by pc (for <Vis1@X.net>, a comment naming a visible one); Tue, 1 Jan 2030 00:00:00 +0000\r\n",
+            b"X-Original-To: env1@hidden.example\r\n",
+            b"Delivered-To: env2@hidden.example\r\n",
+            b"Apparently-To: <env3@hidden.example>\r\n",
+            b"X-Envelope-To: env1@hidden.example, env2@hidden.example\r\n",
+            b"X-MS-Exchange-Organization-OriginalEnvelopeRecipients: env3@hidden.example\r\n",
+            b"Envelope-To: env3@hidden.example\r\n",
+            b"Mail-Followup-To: vis1@x.net, vis2@y.net\r\n",
+            b"Resent-From: bob@example.org\r\n",
+            b"Resent-To: vis3@z.net\r\n",
+            b"Resent-Cc: vis4@w.net\r\n",
+            b"Resent-Bcc: env4@hidden.example\r\n",
+            b"Resent-Date: Tue, 1 Jan 2030 00:00:03 +0000\r\n",
+            z_sig,
+            FROM,
+            b"To: vis1@x.net, \"Two\" <vis2@y.net>\r\n",
+            SUBJECT,
+            b"Cc: vis5@v.net\r\n",
+            b"Bcc: env5@hidden.example\r\n",
+            MSGID,
+        ],
+        BODY,
+    )
+}
+
+const Z_SIG: &[u8] = b"DKIM-Signature: v=1; a=rsa-sha256; d=example.org; s=mail; h=from:subject;\r\n\tz=From:o=40example.org|To:vis1=40x.net,=20vis2=40y.net|Subject:hi;\r\n\tbh=AAAA; b=BBBB\r\n";
+const ENVELOPE: &[&str] = &[
+    "env1@hidden.example",
+    "env2@hidden.example",
+    "env3@hidden.example",
+    "env4@hidden.example",
+    "env5@hidden.example",
+];
+
+fn envelope() -> bccguard::message::Envelope {
+    bccguard::message::Envelope {
+        sender: "alice@example.org".into(),
+        ..Default::default()
+    }
+}
+
+fn assert_no_recipient_named(header: &[u8], visible: &[String]) {
+    let text = String::from_utf8_lossy(header).to_ascii_lowercase();
+    let mut all: Vec<String> = visible.to_vec();
+    all.extend(ENVELOPE.iter().map(|s| s.to_string()));
+    assert!(all.len() >= 10, "{all:?}");
+    for a in &all {
+        let (local, domain) = a.rsplit_once('@').unwrap();
+        for form in [
+            a.to_ascii_lowercase(),
+            format!("{local}=40{domain}").to_ascii_lowercase(),
+        ] {
+            assert!(!text.contains(&form), "{form} still in the header:\n{text}");
+        }
+        // Even the local part alone (e.g. in an odd encoding) must be gone.
+        assert!(
+            !text.contains(&local.to_ascii_lowercase()),
+            "{local} in:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn rewrite_leaves_no_envelope_or_visible_recipient_in_the_header() {
+    let raw = traced_message(Z_SIG);
+    let m = msg(&raw);
+    let cfg = PolicyConfig {
+        internal_domains: vec!["example.org".into()],
+        rules: vec![RuleConfig {
+            min_visible_external: Some(1),
+            ..RuleConfig::new("hide", Action::Rewrite)
+        }],
+        dkim: bccguard::config::DkimConfig {
+            on_rewrite: DkimOnRewrite::Forward,
+            ..Default::default()
+        },
+        ..PolicyConfig::default()
+    };
+    let d = Policy::new(&cfg).unwrap().decide(m, &envelope()).unwrap();
+    assert_eq!(d.action, Action::Rewrite);
+    assert!(d.bcc_header_stripped);
+    assert_eq!(d.visible.len(), 5, "{:?}", d.visible);
+    let rw = Rewriter::new(&cfg).unwrap();
+
+    let out = rw.hide_recipients(m, "alice@example.org", &d).unwrap();
+    assert_no_recipient_named(&out.header, &d.visible);
+    assert_body_borrowed(m.raw(), &out);
+    let text = String::from_utf8_lossy(&out.header);
+    // What stays is byte for byte: the Received fields minus only their `for` clause, the
+    // Resent block minus its destinations, the signature minus its z= tag.
+    let expected = [
+        &b"Return-Path: <alice@example.org>\r\n"[..],
+        b"Received: from mx.example.org (mx [192.0.2.9])\r\n\tby relay.example.org (Postfix) with ESMTPS id 4AbC; Tue, 1 Jan 2030 00:00:02 +0000\r\n",
+        b"Received: from pc by mx.example.org with esmtpa (Exim 4.96)\r\n\t(envelope-from <alice@example.org>) id 1r; Tue, 1 Jan 2030 00:00:01 +0000\r\n",
+        b"Resent-From: bob@example.org\r\n",
+        b"Resent-Date: Tue, 1 Jan 2030 00:00:03 +0000\r\n",
+        b"DKIM-Signature: v=1; a=rsa-sha256; d=example.org; s=mail; h=from:subject;\r\n\tbh=AAAA; b=BBBB\r\n",
+        FROM,
+        b"To: undisclosed-recipients:;\r\n",
+        SUBJECT,
+        MSGID,
+        b"\r\n",
+    ]
+    .concat();
+    assert_eq!(text, String::from_utf8_lossy(&expected));
+
+    // Each split copy names its own recipient in To: and nobody else anywhere.
+    for rcpt in ["vis1@x.net", "env1@hidden.example"] {
+        let out = rw.for_recipient(m, rcpt, &d).unwrap();
+        let header = String::from_utf8_lossy(&out.header).into_owned();
+        let without_own_to = header.replacen(&format!("To: <{rcpt}>\r\n"), "", 1);
+        assert_ne!(header, without_own_to, "no To: <{rcpt}>:\n{header}");
+        assert_no_recipient_named(without_own_to.as_bytes(), &d.visible);
+    }
+}
+
+#[test]
+fn z_tag_naming_recipients_follows_the_dkim_setting() {
+    let raw = traced_message(Z_SIG);
+    let d = decision(Action::Rewrite);
+    // Default (reject): a signature that copies To into z= cannot be kept as it is: refused.
+    assert!(matches!(
+        rewriter(|_| {}).hide_recipients(msg(&raw), "alice@example.org", &d),
+        Err(RewriteError::DkimRefused(_))
+    ));
+    // Its h= does not cover To/Cc, so without the z= copy the rewrite leaves it alone.
+    let no_z = b"DKIM-Signature: v=1; a=rsa-sha256; d=example.org; s=mail; h=from:subject; bh=AAAA; b=BBBB\r\n";
+    let raw = traced_message(no_z);
+    let out = rewriter(|_| {})
+        .hide_recipients(msg(&raw), "alice@example.org", &d)
+        .unwrap();
+    assert!(contains(&out.header, no_z));
+}
+
+#[test]
+fn new_to_is_not_put_inside_a_resent_block() {
+    let rw = rewriter(|_| {});
+    let d = decision(Action::Rewrite);
+    // A To/Cc between Resent- fields (a client that wrote its own fields into the block): the new
+    // To: goes right after the last Resent- field, where the original message's fields start.
+    let raw = message(
+        &[
+            b"Resent-From: bob@example.org\r\n",
+            TO,
+            b"Resent-To: r@s.net\r\n",
+            b"Resent-Date: Tue, 1 Jan 2030 00:00:03 +0000\r\n",
+            FROM,
+            SUBJECT,
+        ],
+        BODY,
+    );
+    let out = rw
+        .hide_recipients(msg(&raw), "alice@example.org", &d)
+        .unwrap();
+    let expected = [
+        &b"Resent-From: bob@example.org\r\n"[..],
+        b"Resent-Date: Tue, 1 Jan 2030 00:00:03 +0000\r\n",
+        b"To: undisclosed-recipients:;\r\n",
+        FROM,
+        SUBJECT,
+        b"\r\n",
+    ]
+    .concat();
+    assert_eq!(
+        String::from_utf8_lossy(&out.header),
+        String::from_utf8_lossy(&expected)
+    );
+    // Only a Resent-To: same place, never before or inside the block.
+    let raw = message(
+        &[
+            b"Resent-From: bob@example.org\r\n",
+            b"Resent-To: r@s.net\r\n",
+            b"Resent-Date: Tue, 1 Jan 2030 00:00:03 +0000\r\n",
+            FROM,
+            SUBJECT,
+        ],
+        BODY,
+    );
+    let out = rw
+        .hide_recipients(msg(&raw), "alice@example.org", &d)
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.header),
+        String::from_utf8_lossy(&expected)
+    );
+}
+
+#[test]
+fn resent_bcc_alone_counts_as_a_stripped_bcc() {
+    let raw = message(&[FROM, b"Resent-Bcc: hidden@q.net\r\n", TO, SUBJECT], BODY);
+    let d = Policy::new(&PolicyConfig::default())
+        .unwrap()
+        .decide(msg(&raw), &envelope())
+        .unwrap();
+    assert!(d.bcc_header_stripped);
+    let out = rewriter(|_| {}).pass_through(msg(&raw)).unwrap();
+    assert!(!contains(&out.header, b"hidden@q.net"));
+}

@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+pub mod checks;
+pub mod networks;
+
 pub const DEFAULT_CONFIG_PATH: &str = "config/bccguard.toml";
 
 #[derive(Debug, thiserror::Error)]
@@ -481,7 +484,8 @@ impl Config {
         }
     }
 
-    fn parse_networks(&self, key: &str, list: &[String]) -> Result<Vec<IpNet>, ConfigError> {
+    /// The entries as written (for width checks), without canonicalisation.
+    fn raw_networks(&self, key: &str, list: &[String]) -> Result<Vec<IpNet>, ConfigError> {
         list.iter()
             .map(|n| {
                 n.parse::<IpNet>()
@@ -493,11 +497,44 @@ impl Config {
             .collect()
     }
 
+    /// Refuses a users file others may write; warns when others may read it (see checks::exposure).
+    fn check_users_file(&self) -> Result<(), ConfigError> {
+        let Some(path) = &self.auth.users_file else {
+            return Ok(());
+        };
+        match checks::exposure(path) {
+            Some(checks::FileExposure::Writable(mode)) => Err(self.invalid(
+                "auth.users_file",
+                format!(
+                    "{} has mode {mode:o}: group or others could add an account and relay; chmod 600 it",
+                    path.display()
+                ),
+            )),
+            Some(checks::FileExposure::Readable(mode)) => {
+                tracing::warn!(
+                    path = %path.display(),
+                    mode = format!("{mode:o}"),
+                    "users file is readable by group or others; chmod 600 it"
+                );
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Networks in the form client addresses are matched in (see networks::canonical_peer).
+    fn parse_networks(&self, key: &str, list: &[String]) -> Result<Vec<IpNet>, ConfigError> {
+        Ok(self
+            .raw_networks(key, list)?
+            .into_iter()
+            .map(networks::canonical_net)
+            .collect())
+    }
+
     /// Refuses configurations that would be dangerous or cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.server.hostname.trim().is_empty() {
-            return Err(self.invalid("server.hostname", "must not be empty"));
-        }
+        checks::hostname(&self.server.hostname)
+            .map_err(|why| self.invalid("server.hostname", why))?;
         if self.server.max_message_size == 0 {
             return Err(self.invalid("server.max_message_size", "must be above 0"));
         }
@@ -507,16 +544,13 @@ impl Config {
         if self.server.max_connections == 0 {
             return Err(self.invalid("server.max_connections", "must be above 0"));
         }
-        let networks = self.relay_networks()?;
-        if let Some(open) = networks.iter().find(|n| n.prefix_len() == 0) {
-            return Err(self.invalid(
-                "server.relay_networks",
-                format!(
-                    "`{open}` lets every address on the Internet relay without AUTH: that is an \
-                     open relay. List only your own networks and use AUTH for the rest"
-                ),
-            ));
-        }
+        // Judged on the raw entries: canonicalising first would hide `::/64` covering all of IPv4.
+        networks::check_width(
+            &self.raw_networks("server.relay_networks", &self.server.relay_networks)?,
+            &networks::RELAY_LIMITS,
+        )
+        .map_err(|why| self.invalid("server.relay_networks", format!("open relay: {why}")))?;
+        self.check_users_file()?;
         if self.listeners.is_empty() {
             return Err(self.invalid("listener", "at least one [[listener]] is needed"));
         }
@@ -546,6 +580,12 @@ impl Config {
                 ));
             }
             let proxies = self.proxy_networks(i)?;
+            let key = format!("listener[{i}].proxy_networks");
+            networks::check_width(
+                &self.raw_networks(&key, &l.proxy_networks)?,
+                &networks::PROXY_LIMITS,
+            )
+            .map_err(|why| self.invalid(&key, format!("too wide for load balancers: {why}")))?;
             if l.proxy_protocol && proxies.is_empty() {
                 return Err(self.invalid(
                     &format!("listener[{i}].proxy_networks"),

@@ -40,7 +40,7 @@ pub fn find_visible_in(section: &header::HeaderSection<'_>) -> Result<Visible, U
     let mut visible = Visible::default();
     let mut seen: HashSet<String> = HashSet::new();
     for field in &section.fields {
-        if field.name_is("bcc") {
+        if field.name_is("bcc") || field.name_is("resent-bcc") {
             visible.bcc_present = true;
             continue;
         }

@@ -9,6 +9,7 @@
 
 pub mod dkim;
 pub mod plan;
+mod traces;
 
 use std::borrow::Cow;
 use std::ops::Range;
@@ -95,7 +96,8 @@ impl Rewriter {
                 body,
             });
         }
-        let header = splice(raw, &h, &removed, None);
+        let edits = removed.into_iter().map(|r| (r, Vec::new())).collect();
+        let header = apply_edits(raw, h.body_offset, edits);
         Ok(Outgoing {
             header: Cow::Owned(header),
             body,
@@ -113,7 +115,7 @@ impl Rewriter {
             RewriteTo::Sender if safe_address(sender) => format!("<{}>", sender.trim()),
             _ => "undisclosed-recipients:;".to_string(),
         };
-        self.replace_recipients(message, &to, "rewritten", d)
+        self.replace_recipients(message, &to, "rewritten", d, None)
     }
 
     /// One split copy: `To:` that recipient alone.
@@ -129,36 +131,77 @@ impl Rewriter {
                 "recipient address {rcpt:?} cannot be written into a header"
             )));
         }
-        self.replace_recipients(message, &format!("<{}>", rcpt.trim()), "split", d)
+        self.replace_recipients(
+            message,
+            &format!("<{}>", rcpt.trim()),
+            "split",
+            d,
+            Some(rcpt),
+        )
     }
 
+    /// Replaces the recipient fields by one `To: to_value`, removes blind copies and every
+    /// recipient trace (see [`traces`]), and applies the DKIM setting to signatures this breaks.
     fn replace_recipients<'a>(
         &self,
         message: &'a Message,
         to_value: &str,
         verb: &str,
         d: &Decision,
+        rcpt: Option<&str>,
     ) -> Result<Outgoing<'a>, RewriteError> {
         let raw = message.raw();
         let h = message.header();
         let eol = line_ending(raw, &h);
-        let mut removed = Vec::new();
-        let mut anchor = None;
+        // Addresses that must not survive in trace fields: everyone visible, and a split copy's own.
+        let mut names: Vec<&str> = d.visible.iter().map(String::as_str).collect();
+        names.extend(rcpt.map(str::trim));
+        // (range, replacement): empty replacement = field removed, empty range = insertion.
+        let mut edits: Vec<(Range<usize>, Vec<u8>)> = Vec::new();
         // Names whose set of fields changes: every recipient field present, and `to` (always added).
         let mut altered: Vec<&str> = vec!["to"];
+        let mut z_signatures = Vec::new();
         for f in &h.fields {
-            if let Some(name) = RECIPIENT_FIELDS.iter().find(|n| f.name_is(n)) {
-                anchor.get_or_insert(f.range.start);
-                removed.push(f.range.clone());
+            let bytes = &raw[f.range.clone()];
+            if let Some(name) = RECIPIENT_FIELDS
+                .iter()
+                .chain(traces::TRACE_FIELDS)
+                .find(|n| f.name_is(n))
+            {
+                edits.push((f.range.clone(), Vec::new()));
                 if !altered.contains(name) {
                     altered.push(name);
                 }
             } else if is_one_of(f.name, BLIND_FIELDS) {
-                removed.push(f.range.clone());
+                edits.push((f.range.clone(), Vec::new()));
+            } else if f.name_is("received") {
+                let kept = traces::received_without_for(bytes);
+                let text = kept.as_deref().unwrap_or(bytes);
+                if traces::names_any(text, &names) {
+                    // A recipient named elsewhere in the field (a comment): the field goes.
+                    edits.push((f.range.clone(), Vec::new()));
+                } else if let Some(kept) = kept {
+                    edits.push((f.range.clone(), kept));
+                } else {
+                    continue;
+                }
+                if !altered.contains(&"received") {
+                    altered.push("received");
+                }
+            } else if (f.name_is("dkim-signature") || f.name_is("arc-message-signature"))
+                && traces::z_names_recipients(f, &names)
+            {
+                z_signatures.push(f);
             }
         }
 
-        let broken = dkim::signatures_covering(&h, &altered);
+        let mut broken = dkim::signatures_covering(&h, &altered);
+        for f in &z_signatures {
+            let label = dkim::signer_label(f.value);
+            if !broken.contains(&label) {
+                broken.push(label);
+            }
+        }
         let mut resign = false;
         if !broken.is_empty() {
             match self.on_dkim {
@@ -173,6 +216,13 @@ impl Rewriter {
                 DkimOnRewrite::Resign => resign = true,
             }
         }
+        // A kept signature must not carry a copy of the hidden fields in its z= tag.
+        for f in z_signatures {
+            edits.push((
+                f.range.clone(),
+                traces::without_z_tag(&raw[f.range.clone()]),
+            ));
+        }
 
         let mut added = Vec::with_capacity(to_value.len() + 64);
         added.extend_from_slice(b"To: ");
@@ -183,8 +233,9 @@ impl Rewriter {
             added.extend_from_slice(format!("{name}: {verb} by bccguard rule '{rule}'").as_bytes());
             added.extend_from_slice(eol);
         }
-        let at = anchor.unwrap_or(h.header_end);
-        let mut header = splice(raw, &h, &removed, Some((at, &added)));
+        let at = traces::to_anchor(&h);
+        edits.push((at..at, added));
+        let mut header = apply_edits(raw, h.body_offset, edits);
         let body = &raw[h.body_offset..];
         if resign {
             if let Some(signer) = &self.signer {
@@ -236,40 +287,25 @@ fn safe_address(a: &str) -> bool {
     !a.contains(' ') || a.starts_with('"')
 }
 
-/// Copies `raw[..body_offset]` leaving out `removed` (sorted, disjoint field ranges) and
-/// putting `insert` at byte `at` (a field boundary).
-fn splice(
-    raw: &[u8],
-    h: &HeaderSection<'_>,
-    removed: &[Range<usize>],
-    insert: Option<(usize, &[u8])>,
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(h.body_offset + insert.map_or(0, |(_, b)| b.len()));
+/// Copies `raw[..body_offset]` with each edit's range replaced by its bytes (empty bytes =
+/// removal, empty range = insertion). Ranges are whole fields or field boundaries, disjoint.
+fn apply_edits(raw: &[u8], body_offset: usize, mut edits: Vec<(Range<usize>, Vec<u8>)>) -> Vec<u8> {
+    // An insertion sorts before a removal starting at the same byte.
+    edits.sort_by_key(|(r, _)| (r.start, r.end));
+    let extra: usize = edits.iter().map(|(_, b)| b.len()).sum();
+    let mut out = Vec::with_capacity(body_offset + extra + 2);
     let mut cursor = 0usize;
-    let mut pending = insert;
-    for r in removed {
-        if let Some((at, bytes)) = pending {
-            if at <= r.start {
-                out.extend_from_slice(&raw[cursor..at]);
-                out.extend_from_slice(bytes);
-                cursor = at;
-                pending = None;
-            }
-        }
-        out.extend_from_slice(&raw[cursor..r.start]);
-        cursor = r.end;
-    }
-    if let Some((at, bytes)) = pending {
-        let at = at.max(cursor);
-        out.extend_from_slice(&raw[cursor..at]);
+    for (r, bytes) in edits {
+        let start = r.start.max(cursor);
+        out.extend_from_slice(&raw[cursor..start]);
         // A last field without a line end (header-only message) must not run into the new one.
-        if !out.is_empty() && !out.ends_with(b"\n") {
+        if r.is_empty() && !bytes.is_empty() && !out.is_empty() && !out.ends_with(b"\n") {
             out.extend_from_slice(b"\r\n");
         }
-        out.extend_from_slice(bytes);
-        cursor = at;
+        out.extend_from_slice(&bytes);
+        cursor = r.end.max(cursor);
     }
-    out.extend_from_slice(&raw[cursor..h.body_offset]);
+    out.extend_from_slice(&raw[cursor..body_offset]);
     out
 }
 

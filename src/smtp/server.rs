@@ -332,6 +332,8 @@ async fn serve_connection(
     shutdown: watch::Receiver<bool>,
 ) {
     let timeout = Duration::from_secs(shared.cfg.server.command_timeout_seconds);
+    // hardening: IPv4 clients of a `[::]` listener match IPv4 relay/proxy networks.
+    let socket_peer = crate::config::networks::canonical_peer(socket_peer);
     let (tcp, peer) = match resolve_peer(&shared, &listener, tcp, socket_peer, timeout).await {
         Some(pair) => pair,
         None => return,
