@@ -90,7 +90,7 @@ def corpus() -> list[tuple[str, bytes]]:
         if path.parent == TEMPLATES:
             data = load_template(path.name)
         out.append((str(path.relative_to(ROOT / "tests")), crlf(data)))
-    # Generated: one byte over the relay's size limit (552 5.3.4 on both sides, check's kind "too_big").
+    # Generated: just over the relay's size limit (552 5.3.4 on both sides, check's kind "too_big").
     head = load_template("cc_external.eml")
     line = b"x" * 78 + b"\r\n"
     out.append(("(generated) over-size", head + line * ((MAX_MESSAGE_SIZE - len(head)) // len(line) + 1)))
@@ -110,7 +110,8 @@ def load_template(name: str) -> bytes:
 class Verdict:
     """What one side says happens to a message."""
 
-    action: str  # accept | rewrite | split | reject | refused (relay side: reject/refused are one)
+    action: str  # accept | rewrite | split | refused (a reject rule's outcome is a refusal), or
+    # "altered" when the relay forwarded something that is neither unchanged nor a rewrite
     reply: str | None = None  # "550 5.7.1 text" for a refusal; the relay's 2xx reply otherwise
     notice: bool = False
     detail: str = ""
@@ -228,6 +229,8 @@ def disagreement(c: Verdict, s: Verdict) -> str | None:
         if c.extra.get("kind") != want:
             return (f"serve replies {s.reply!r}; check should exit "
                     f"{'2 with kind ' + repr(want) if want else '0'}, not {c.detail}")
+        if s.notice:
+            return "serve sent the sender a notice about a message it refused"
         return None
     if c.action != s.action:
         return f"check: {c.action} ({c.detail}), serve: {s.action} ({s.detail})"
