@@ -259,8 +259,10 @@ mod tests {
         use super::declared_size;
         assert_eq!(
             declared_size(b"MAIL FROM:<a@b> SIZE=99999999999999999999999\r\n"),
-            Some(u128::MAX)
+            Some(99_999_999_999_999_999_999_999)
         );
+        let huge = format!("MAIL FROM:<a@b> SIZE={}\r\n", "9".repeat(60));
+        assert_eq!(declared_size(huge.as_bytes()), Some(u128::MAX));
         assert_eq!(
             declared_size(b"MAIL FROM:<a@b> BODY=8BITMIME size=1000\r\n"),
             Some(1000)

@@ -15,7 +15,15 @@ impl<S: Io> Session<S> {
         self.listener.cfg.tls == TlsMode::Starttls && !self.conn.is_tls()
     }
 
-    pub(super) async fn ehlo(&mut self, host: String, esmtp: bool) -> Reply {
+    /// `line` is the whole command: smtp-proto keeps only the first word of the argument, and
+    /// `EHLO two words` is as wrong as `EHLO a<NUL>b`.
+    pub(super) async fn ehlo(&mut self, line: &[u8], esmtp: bool) -> Reply {
+        let argument = line
+            .get(4..line.len().saturating_sub(2))
+            .unwrap_or_default();
+        let host = String::from_utf8_lossy(argument)
+            .trim_matches(' ')
+            .to_string();
         if !valid_helo(&host) {
             return Reply::new(
                 501,

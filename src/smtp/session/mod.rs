@@ -235,8 +235,8 @@ impl<S: Io> Session<S> {
 
     async fn handle(&mut self, request: Request<String>, line: &[u8]) -> Result<Flow, End> {
         Ok(match request {
-            Request::Ehlo { host } => self.ehlo(host, true).await.into(),
-            Request::Helo { host } => self.ehlo(host, false).await.into(),
+            Request::Ehlo { .. } => self.ehlo(line, true).await.into(),
+            Request::Helo { .. } => self.ehlo(line, false).await.into(),
             Request::Lhlo { .. } => {
                 Reply::new(500, (5, 5, 1), "LHLO is for LMTP; this is SMTP").into()
             }
