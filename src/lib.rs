@@ -4,7 +4,8 @@
 //! [`smtp`] (front end) → [`policy`] (decide) → [`rewrite`] (apply) → [`relay`] (upstream),
 //! with [`audit`] beside the pipe recording every intervention. [`message`] is the raw-message
 //! model the stages share; [`config`] loads and checks the admin's TOML; [`cli`] holds the
-//! offline commands (check, config check, audit, passwd); [`reply`] is the SMTP reply value
+//! offline commands (check, config check, audit, spool, passwd); [`spool`] keeps split
+//! copies the upstream could not take in-session and retries them; [`reply`] is the SMTP reply value
 //! every stage answers with.
 
 pub mod audit;
@@ -17,3 +18,4 @@ pub mod relay;
 pub mod reply;
 pub mod rewrite;
 pub mod smtp;
+pub mod spool;
