@@ -23,6 +23,7 @@
 //! `flush` in the folder; the retry task looks for it every second.
 
 pub mod file;
+mod upstream;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -272,9 +273,12 @@ pub fn relay_running(dir: &Path) -> bool {
     rc != 0
 }
 
+/// What [`scan`] finds: the entries, oldest first, and damaged files with why.
+pub type ScanResult = (Vec<SpoolEntryInfo>, Vec<(PathBuf, String)>);
+
 /// Every entry in `dir`, read without the lock (for `spool list` while the relay runs): the
 /// good ones, and the damaged ones with why.
-pub fn scan(dir: &Path) -> io::Result<(Vec<SpoolEntryInfo>, Vec<(PathBuf, String)>)> {
+pub fn scan(dir: &Path) -> io::Result<ScanResult> {
     let mut good = Vec::new();
     let mut bad = Vec::new();
     for path in entry_files(dir)? {
