@@ -808,3 +808,192 @@ async fn spool_drains_into_smtp_sink_after_an_outage() {
         t0.elapsed()
     );
 }
+
+/// GET `path` over a real socket; (status, body).
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let raw = String::from_utf8(raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, body.to_string())
+}
+
+#[tokio::test]
+async fn healthz_reports_the_spool_and_fails_only_past_the_max_age() {
+    use bccguard::metrics::{serve, ProbeHealth};
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = Arc::new(Spool::open(&cfg(tmp.path())).unwrap());
+    // An upstream that accepts connections (implicit TLS: no greeting expected).
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let probe = |max_age: Option<Duration>| {
+        let s = spool.clone();
+        ProbeHealth::new(
+            upstream.local_addr().unwrap().to_string(),
+            Duration::from_secs(2),
+            false,
+            "audit.jsonl",
+            Arc::new(|| true),
+        )
+        .spool(Arc::new(move || s.status()), max_age)
+    };
+    let metrics = Arc::new(Metrics::new());
+    let (stop, rx) = watch::channel(false);
+    let l1 = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let l2 = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (a1, a2) = (l1.local_addr().unwrap(), l2.local_addr().unwrap());
+    let t1 = tokio::spawn(serve(
+        l1,
+        metrics.clone(),
+        Arc::new(probe(None)),
+        rx.clone(),
+    ));
+    let t2 = tokio::spawn(serve(
+        l2,
+        metrics.clone(),
+        Arc::new(probe(Some(Duration::from_secs(1)))),
+        rx,
+    ));
+
+    assert_eq!(http_get(a1, "/healthz").await, (200, "ok\n".to_string()));
+    spool
+        .enqueue(job("a@example.org", "b@example.net"))
+        .await
+        .unwrap();
+    let (status, body) = http_get(a1, "/healthz").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.starts_with("ok\ndegraded: spool holds 1 copies for retry, oldest waiting"),
+        "{body}"
+    );
+    assert_eq!(
+        http_get(a2, "/healthz").await.0,
+        200,
+        "young copy: still ready"
+    );
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (status, body) = http_get(a2, "/healthz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("spool: oldest copy waiting 2 s, over spool.health_max_age_seconds (1 s)"),
+        "{body}"
+    );
+    assert_eq!(
+        http_get(a1, "/healthz").await.0,
+        200,
+        "no max age: never fails"
+    );
+    stop.send(true).unwrap();
+    t1.await.unwrap().unwrap();
+    t2.await.unwrap().unwrap();
+}
+
+fn cli(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bccguard"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn spool_list_and_flush_commands() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = cfg(tmp.path());
+    let dir = c.path.to_str().unwrap().to_string();
+    let (code, out, _) = cli(&["spool", "list", "--dir", &dir]);
+    assert_eq!((code, out.contains("0 copies waiting")), (0, true), "{out}");
+
+    let spool = Spool::open(&c).unwrap();
+    let id = spool
+        .enqueue(job("a@example.org", "b@example.net"))
+        .await
+        .unwrap();
+    spool.enqueue(job("", "c@example.net")).await.unwrap();
+    std::fs::write(c.path.join("9999999999999-0000000000000001.copy"), b"junk").unwrap();
+
+    let (code, out, err) = cli(&["spool", "list", "--dir", &dir]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("2 copies waiting"), "{out}");
+    assert!(
+        out.contains(&format!("{id}  from a@example.org  to b@example.net")),
+        "{out}"
+    );
+    assert!(out.contains("from <>  to c@example.net"), "{out}");
+    assert!(
+        out.contains("tries 3") && out.contains("last error: 451 4.4.2 connection lost"),
+        "{out}"
+    );
+    assert!(
+        err.contains("damaged spool file"),
+        "damaged file not reported: {err}"
+    );
+
+    let (code, out, _) = cli(&["spool", "list", "--dir", &dir, "--json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    assert_eq!(v[0]["rcpt"], "b@example.net");
+    assert_eq!(v[0]["id"], id.to_string());
+
+    // The Spool in this process holds the folder lock, as a running relay would.
+    let (code, out, _) = cli(&["spool", "flush", "--dir", &dir]);
+    assert_eq!(code, 0);
+    assert!(out.contains("flush requested"), "{out}");
+    assert!(c.path.join("flush").exists());
+    drop(spool);
+    let (code, out, _) = cli(&["spool", "flush", "--dir", &dir]);
+    assert_eq!(code, 0);
+    assert!(out.contains("no relay is running"), "{out}");
+
+    let (code, _, err) = cli(&["spool", "list", "--config", "/nonexistent/bccguard.toml"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--dir"), "{err}");
+}
+
+#[test]
+fn spool_section_defaults_and_validation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = "[server]\nhostname = \"relay.test\"\n[[listener]]\naddress = \"127.0.0.1:2525\"\ntls = \"none\"\nauth = \"none\"\n[upstream]\naddress = \"127.0.0.1:25\"\n";
+    let path = tmp.path().join("bccguard.toml");
+    std::fs::write(&path, base).unwrap();
+    let c = bccguard::config::Config::load(&path).unwrap();
+    assert_eq!(c.spool.path, PathBuf::from("var/spool"));
+    assert_eq!(c.spool.max_lifetime_seconds, 432_000);
+    assert_eq!(
+        (c.spool.backoff_initial_seconds, c.spool.backoff_max_seconds),
+        (60, 3600)
+    );
+
+    std::fs::write(
+        &path,
+        format!("{base}[spool]\npath = \"/srv/spool\"\nbackoff_initial_seconds = 600\nbackoff_max_seconds = 60\n"),
+    )
+    .unwrap();
+    let err = bccguard::config::Config::load(&path)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("spool.backoff_max_seconds"), "{err}");
+    std::fs::write(&path, format!("{base}[spool]\nmax_entries = 0\n")).unwrap();
+    let err = bccguard::config::Config::load(&path)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("spool.max_entries") && err.contains("above 0"),
+        "{err}"
+    );
+    std::fs::write(&path, format!("{base}[spool]\nmax_entrys = 5\n")).unwrap();
+    assert!(
+        bccguard::config::Config::load(&path).is_err(),
+        "unknown key accepted"
+    );
+}
