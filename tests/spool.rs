@@ -1000,11 +1000,13 @@ fn spool_section_defaults_and_validation() {
 
 /// A real-socket SMTP upstream that closes the connection without a reply after every `nth`
 /// DATA payload (that copy is not kept), and records every message it accepted.
-async fn dropping_upstream(nth: u64) -> (u16, Arc<Mutex<Vec<(String, Vec<u8>)>>>) {
+type Kept = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+async fn dropping_upstream(nth: u64) -> (u16, Kept) {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
-    let kept: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+    let kept: Kept = Arc::default();
     let datas = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let k = kept.clone();
     tokio::spawn(async move {
@@ -1037,7 +1039,7 @@ async fn dropping_upstream(nth: u64) -> (u16, Arc<Mutex<Vec<(String, Vec<u8>)>>>
                             }
                         }
                         let n = datas.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-                        if n % nth == 0 {
+                        if n.is_multiple_of(nth) {
                             return; // dropped: no reply, message not kept
                         }
                         kept.lock().unwrap().push((rcpt.clone(), data));
