@@ -998,10 +998,11 @@ fn spool_section_defaults_and_validation() {
     );
 }
 
-/// A real-socket SMTP upstream that closes the connection without a reply after every `nth`
-/// DATA payload (that copy is not kept), and records every message it accepted.
+/// (recipient, DATA payload as received) per message an upstream kept.
 type Kept = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
 
+/// A real-socket SMTP upstream that closes the connection without a reply after every `nth`
+/// DATA payload (that copy is not kept), and records every message it accepted.
 async fn dropping_upstream(nth: u64) -> (u16, Kept) {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
