@@ -757,9 +757,14 @@ async fn spool_drains_into_smtp_sink_after_an_outage() {
     let upstream = bccguard::relay::Upstream::new(&upstream_cfg, "relay.test").unwrap();
 
     let tmp = tempfile::tempdir().unwrap();
+    // BCCGUARD_SPOOL_BACKOFF_SECS=60 gives the shipped default (60 s doubling to 1 h).
+    let backoff: u64 = std::env::var("BCCGUARD_SPOOL_BACKOFF_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
     let c = SpoolConfig {
-        backoff_initial_seconds: 1,
-        backoff_max_seconds: 4,
+        backoff_initial_seconds: backoff,
+        backoff_max_seconds: (backoff * 4).min(3600),
         ..cfg(tmp.path())
     };
     let spool = Arc::new(Spool::open(&c).unwrap());
@@ -778,9 +783,11 @@ async fn spool_drains_into_smtp_sink_after_an_outage() {
     );
     let up_at = Instant::now();
     let sink = Sink::start(port);
-    wait_until("18 copies at smtp-sink", Duration::from_secs(30), || {
-        sink.messages().len() >= 18
-    })
+    wait_until(
+        "18 copies at smtp-sink",
+        Duration::from_secs(30 + 4 * backoff),
+        || sink.messages().len() >= 18,
+    )
     .await;
     let drained = up_at.elapsed();
     wait_until("spool empty", Duration::from_secs(5), || {
@@ -803,8 +810,9 @@ async fn spool_drains_into_smtp_sink_after_an_outage() {
         assert!(text.contains(&body), "copy for {r} changed: {text}");
     }
     println!(
-        "spool bench: 18 copies, upstream down {outage} s ({deferred_during_outage} failed tries), \
-         drained {drained:?} after it came back, {:?} in all; 18/18 delivered once, 0 lost",
+        "spool bench: 18 copies, backoff {backoff} s, upstream down {outage} s \
+         ({deferred_during_outage} failed tries), drained {drained:?} after it came back, {:?} in \
+         all; 18/18 delivered once, 0 lost",
         t0.elapsed()
     );
 }

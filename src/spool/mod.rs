@@ -312,6 +312,32 @@ fn entry_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// What `config check` verifies without touching anything: the folder (or the nearest existing
+/// parent it would be created in) is a writable directory.
+pub fn preflight(cfg: &SpoolConfig) -> anyhow::Result<()> {
+    let mut at = cfg.path.as_path();
+    loop {
+        if at.exists() {
+            anyhow::ensure!(at.is_dir(), "spool.path: {} is not a folder", at.display());
+            let c = std::ffi::CString::new(at.as_os_str().as_encoded_bytes())
+                .context("spool.path contains a NUL byte")?;
+            // SAFETY: access() only reads the NUL-terminated path we pass.
+            let rc = unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) };
+            anyhow::ensure!(
+                rc == 0,
+                "spool.path: {} is not writable by this user ({})",
+                at.display(),
+                io::Error::last_os_error()
+            );
+            return Ok(());
+        }
+        match at.parent() {
+            Some(p) if !p.as_os_str().is_empty() => at = p,
+            _ => return Ok(()), // relative path under the current folder
+        }
+    }
+}
+
 impl Spool {
     /// Opens (creating, mode 0700) the spool folder, takes its lock, removes temp files left by a
     /// crash, moves damaged entries to `corrupt/`, and indexes the entries waiting.
@@ -857,6 +883,25 @@ mod tests {
         let big = "X: yyyyyyyyyy\r\n".repeat(10_000);
         let h = report_header(big.as_bytes());
         assert!(h.len() <= REPORT_HEADER_MAX && h.ends_with(b"\r\n"));
+    }
+
+    #[test]
+    fn preflight_names_an_unusable_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        fs::write(&file, b"").unwrap();
+        let mut cfg = SpoolConfig {
+            path: file.join("spool"),
+            ..SpoolConfig::default()
+        };
+        let err = preflight(&cfg).unwrap_err().to_string();
+        assert!(err.contains("is not a folder"), "{err}");
+        cfg.path = dir.path().join("a/b/spool");
+        preflight(&cfg).unwrap();
+        assert!(
+            !dir.path().join("a").exists(),
+            "preflight must not create anything"
+        );
     }
 
     #[test]
