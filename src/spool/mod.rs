@@ -25,6 +25,8 @@
 pub mod file;
 mod upstream;
 
+pub use upstream::start_for_serve;
+
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
@@ -461,6 +463,16 @@ impl Spool {
             let st = self.status();
             m.spool_state(st.entries, self.index().bytes, st.oldest_age);
         }
+    }
+
+    /// For `ProbeHealth::spool`: the status callback and `health_max_age_seconds` (None = off).
+    pub fn health_probe(self: &Arc<Self>) -> (crate::metrics::SpoolStatusFn, Option<Duration>) {
+        let spool = self.clone();
+        let max = self.cfg.health_max_age_seconds;
+        (
+            Arc::new(move || spool.status()),
+            (max > 0).then(|| Duration::from_secs(max)),
+        )
     }
 
     /// Copies waiting and the age of the oldest (for `/healthz`).

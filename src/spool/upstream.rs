@@ -60,3 +60,24 @@ async fn finish(
     }
     Ok(reply)
 }
+
+/// Everything `serve` needs: opens `[spool]` (taking its lock), attaches metrics and the report
+/// host name, and starts the retry task on `upstream` until `shutdown`. Await the handle at
+/// shutdown so tries in flight can finish (at most a few seconds).
+pub fn start_for_serve(
+    cfg: &crate::config::Config,
+    upstream: Upstream,
+    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<(std::sync::Arc<super::Spool>, tokio::task::JoinHandle<()>)> {
+    use anyhow::Context;
+    let mut spool = super::Spool::open(&cfg.spool)
+        .with_context(|| format!("opening the spool {}", cfg.spool.path.display()))?
+        .with_reporting_host(&cfg.server.hostname);
+    if let Some(m) = metrics {
+        spool = spool.with_metrics(m);
+    }
+    let spool = std::sync::Arc::new(spool);
+    let task = tokio::spawn(spool.clone().run(upstream, shutdown));
+    Ok((spool, task))
+}
