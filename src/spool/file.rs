@@ -256,11 +256,18 @@ fn parse_prefix(buf: &[u8], file_len: u64) -> Result<(Head, usize), ReadError> {
 /// Reads everything but the message: cheap, for the index and `spool list`. Checks structure and
 /// length, not the message hash (that is checked by [`read_full`] before every send).
 pub fn read_head(path: &Path) -> Result<Head, ReadError> {
-    let f = File::open(path)?;
+    let mut f = File::open(path)?;
     let file_len = f.metadata()?.len();
-    let want = (MAGIC.len() + STATE_LEN + MAX_ENVELOPE_LINE).min(file_len as usize);
-    let mut buf = Vec::with_capacity(want);
-    f.take(want as u64).read_to_end(&mut buf)?;
+    // Envelope lines are short: a small first read is enough for nearly every entry, which
+    // keeps a restart over thousands of large entries cheap.
+    let mut buf = Vec::with_capacity(MAGIC.len() + STATE_LEN + 4096);
+    (&mut f)
+        .take((MAGIC.len() + STATE_LEN + 4096) as u64)
+        .read_to_end(&mut buf)?;
+    if memchr::memchr(b'\n', buf.get(MAGIC.len() + STATE_LEN..).unwrap_or(&[])).is_none() {
+        f.take((MAX_ENVELOPE_LINE - 4096) as u64)
+            .read_to_end(&mut buf)?;
+    }
     parse_prefix(&buf, file_len).map(|(head, _)| head)
 }
 
@@ -298,6 +305,17 @@ mod tests {
             size: data.len() as u64,
             prior_attempts: 2,
         }
+    }
+
+    #[test]
+    fn long_envelope_lines_are_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = b"x\r\n";
+        let mut e = env("0002-cd", data);
+        e.params = format!(" ENVID={}", "a".repeat(9000));
+        write_new(dir.path(), &e, &State::default(), data).unwrap();
+        let head = read_head(&entry_path(dir.path(), "0002-cd")).unwrap();
+        assert_eq!(head.envelope, e);
     }
 
     #[test]
