@@ -340,7 +340,8 @@ async fn lifetime_expiry_bounces_with_the_last_error() {
         took >= Duration::from_secs(2),
         "bounced before the lifetime: {took:?}"
     );
-    assert!(took < Duration::from_secs(5), "expiry late: {took:?}");
+    // Due at 2 s, picked up within the 1 s tick; slack for a loaded machine.
+    assert!(took < Duration::from_secs(8), "expiry late: {took:?}");
     wait_until("spool empty", Duration::from_secs(2), || {
         spool.list().is_empty()
     })
@@ -888,7 +889,8 @@ async fn healthz_reports_the_spool_and_fails_only_past_the_max_age() {
     let (status, body) = http_get(a2, "/healthz").await;
     assert_eq!(status, 503, "{body}");
     assert!(
-        body.contains("spool: oldest copy waiting 2 s, over spool.health_max_age_seconds (1 s)"),
+        body.contains("spool: oldest copy waiting ")
+            && body.contains(" s, over spool.health_max_age_seconds (1 s)"),
         "{body}"
     );
     assert_eq!(
