@@ -755,7 +755,12 @@ async fn spool_drains_into_smtp_sink_after_an_outage() {
         "address = \"127.0.0.1:{port}\"\ntls = \"none\"\ntimeout_seconds = 5\n"
     ))
     .unwrap();
-    let upstream = bccguard::relay::Upstream::new(&upstream_cfg, "relay.test").unwrap();
+    let upstream = bccguard::relay::Upstream::new(
+        &upstream_cfg,
+        "relay.test",
+        bccguard::metrics::Observe::new(None),
+    )
+    .unwrap();
 
     let tmp = tempfile::tempdir().unwrap();
     // BCCGUARD_SPOOL_BACKOFF_SECS=60 gives the shipped default (60 s doubling to 1 h).
@@ -1096,7 +1101,12 @@ async fn dropping_upstream_and_restart_mid_drain_lose_nothing() {
             acknowledged.push(rcpt);
         }
     }
-    let up = bccguard::relay::Upstream::new(&upstream_cfg, "relay.test").unwrap();
+    let up = bccguard::relay::Upstream::new(
+        &upstream_cfg,
+        "relay.test",
+        bccguard::metrics::Observe::new(None),
+    )
+    .unwrap();
     let run = start(spool.clone(), up);
     spool.flush();
     wait_until("part delivered", Duration::from_secs(20), || {
@@ -1109,7 +1119,12 @@ async fn dropping_upstream_and_restart_mid_drain_lose_nothing() {
 
     let spool = Arc::new(Spool::open(&c).unwrap());
     let waiting_after_restart = spool.list().len();
-    let up = bccguard::relay::Upstream::new(&upstream_cfg, "relay.test").unwrap();
+    let up = bccguard::relay::Upstream::new(
+        &upstream_cfg,
+        "relay.test",
+        bccguard::metrics::Observe::new(None),
+    )
+    .unwrap();
     let run = start(spool.clone(), up);
     let t = Instant::now();
     while !spool.list().is_empty() {

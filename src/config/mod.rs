@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+pub mod checks;
+pub mod networks;
+
 pub const DEFAULT_CONFIG_PATH: &str = "config/bccguard.toml";
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +75,14 @@ pub struct ServerConfig {
     /// How long a graceful stop waits for transactions in flight before closing anyway.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace_seconds: u64,
+    /// Error replies (4xx/5xx) one session may get before it is disconnected with 421
+    /// (Postfix `smtpd_hard_error_limit`, also 20). 0 = no limit.
+    #[serde(default = "default_hard_error_limit")]
+    pub hard_error_limit: u32,
+}
+
+fn default_hard_error_limit() -> u32 {
+    20
 }
 
 fn default_max_message_size() -> usize {
@@ -168,6 +179,11 @@ pub struct UpstreamConfig {
     /// Per-command timeout, and the connect timeout.
     #[serde(default = "default_upstream_timeout")]
     pub timeout_seconds: u64,
+    /// How long to wait for the upstream's reply to the end of DATA: RFC 5321 4.5.3.2.6 says
+    /// 10 minutes, because the upstream may be doing its own checks; giving up sooner makes the
+    /// client send again a message the upstream then delivers twice.
+    #[serde(default = "default_upstream_data_reply_timeout")]
+    pub data_reply_timeout_seconds: u64,
     /// Name to verify the upstream's certificate against; defaults to the host part of `address`.
     #[serde(default)]
     pub tls_server_name: Option<String>,
@@ -188,6 +204,9 @@ fn default_upstream_tls() -> TlsMode {
 }
 fn default_upstream_timeout() -> u64 {
     60
+}
+fn default_upstream_data_reply_timeout() -> u64 {
+    600
 }
 
 impl UpstreamConfig {
@@ -213,6 +232,15 @@ pub enum Mode {
     #[default]
     Enforce,
     Monitor,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Monitor => "monitor",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -558,7 +586,8 @@ impl Config {
         }
     }
 
-    fn parse_networks(&self, key: &str, list: &[String]) -> Result<Vec<IpNet>, ConfigError> {
+    /// The entries as written (for width checks), without canonicalisation.
+    fn raw_networks(&self, key: &str, list: &[String]) -> Result<Vec<IpNet>, ConfigError> {
         list.iter()
             .map(|n| {
                 n.parse::<IpNet>()
@@ -570,11 +599,44 @@ impl Config {
             .collect()
     }
 
+    /// Refuses a users file others may write; warns when others may read it (see checks::exposure).
+    fn check_users_file(&self) -> Result<(), ConfigError> {
+        let Some(path) = &self.auth.users_file else {
+            return Ok(());
+        };
+        match checks::exposure(path) {
+            Some(checks::FileExposure::Writable(mode)) => Err(self.invalid(
+                "auth.users_file",
+                format!(
+                    "{} has mode {mode:o}: group or others could add an account and relay; chmod 600 it",
+                    path.display()
+                ),
+            )),
+            Some(checks::FileExposure::Readable(mode)) => {
+                tracing::warn!(
+                    path = %path.display(),
+                    mode = format!("{mode:o}"),
+                    "users file is readable by group or others; chmod 600 it"
+                );
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Networks in the form client addresses are matched in (see networks::canonical_peer).
+    fn parse_networks(&self, key: &str, list: &[String]) -> Result<Vec<IpNet>, ConfigError> {
+        Ok(self
+            .raw_networks(key, list)?
+            .into_iter()
+            .map(networks::canonical_net)
+            .collect())
+    }
+
     /// Refuses configurations that would be dangerous or cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.server.hostname.trim().is_empty() {
-            return Err(self.invalid("server.hostname", "must not be empty"));
-        }
+        checks::hostname(&self.server.hostname)
+            .map_err(|why| self.invalid("server.hostname", why))?;
         if self.server.max_message_size == 0 {
             return Err(self.invalid("server.max_message_size", "must be above 0"));
         }
@@ -584,16 +646,13 @@ impl Config {
         if self.server.max_connections == 0 {
             return Err(self.invalid("server.max_connections", "must be above 0"));
         }
-        let networks = self.relay_networks()?;
-        if let Some(open) = networks.iter().find(|n| n.prefix_len() == 0) {
-            return Err(self.invalid(
-                "server.relay_networks",
-                format!(
-                    "`{open}` lets every address on the Internet relay without AUTH: that is an \
-                     open relay. List only your own networks and use AUTH for the rest"
-                ),
-            ));
-        }
+        // Judged on the raw entries: canonicalising first would hide `::/64` covering all of IPv4.
+        networks::check_width(
+            &self.raw_networks("server.relay_networks", &self.server.relay_networks)?,
+            &networks::RELAY_LIMITS,
+        )
+        .map_err(|why| self.invalid("server.relay_networks", format!("open relay: {why}")))?;
+        self.check_users_file()?;
         if self.listeners.is_empty() {
             return Err(self.invalid("listener", "at least one [[listener]] is needed"));
         }
@@ -623,6 +682,12 @@ impl Config {
                 ));
             }
             let proxies = self.proxy_networks(i)?;
+            let key = format!("listener[{i}].proxy_networks");
+            networks::check_width(
+                &self.raw_networks(&key, &l.proxy_networks)?,
+                &networks::PROXY_LIMITS,
+            )
+            .map_err(|why| self.invalid(&key, format!("too wide for load balancers: {why}")))?;
             if l.proxy_protocol && proxies.is_empty() {
                 return Err(self.invalid(
                     &format!("listener[{i}].proxy_networks"),

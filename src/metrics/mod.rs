@@ -8,6 +8,7 @@
 
 pub mod health;
 pub mod http;
+pub mod observe;
 
 use std::fmt;
 use std::time::Duration;
@@ -24,6 +25,7 @@ use crate::config::{Action, Mode};
 
 pub use health::{Health, HealthFuture, ProbeHealth, SpoolStatus, SpoolStatusFn};
 pub use http::serve;
+pub use observe::{InFlight, Observe};
 
 /// Content type of [`Metrics::encode`] (Prometheus text exposition 0.0.4).
 pub const PROMETHEUS_TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -66,10 +68,14 @@ pub enum RejectReason {
     ProxyHeader,
     /// The relay is shutting down (421).
     Shutdown,
+    /// A header the relay cannot read for sure (550 5.6.0): it could hide recipients.
+    Unreadable,
+    /// The relay's own fault (e.g. its DKIM key failed to sign): 451 4.3.0.
+    Internal,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 16] = [
+    pub const ALL: [RejectReason; 18] = [
         RejectReason::Policy,
         RejectReason::Dkim,
         RejectReason::RelayDenied,
@@ -86,6 +92,8 @@ impl RejectReason {
         RejectReason::Timeout,
         RejectReason::ProxyHeader,
         RejectReason::Shutdown,
+        RejectReason::Unreadable,
+        RejectReason::Internal,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -106,6 +114,8 @@ impl RejectReason {
             RejectReason::Timeout => "timeout",
             RejectReason::ProxyHeader => "proxy_header",
             RejectReason::Shutdown => "shutdown",
+            RejectReason::Unreadable => "unreadable_header",
+            RejectReason::Internal => "internal",
         }
     }
 }

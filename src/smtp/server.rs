@@ -6,98 +6,25 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use ipnet::IpNet;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
-use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
-use super::auth::Users;
-use super::observe::Observe;
+use super::conn::Stream;
 use super::session::Session;
-use super::stream::Conn;
+use super::state::{Listener, Live, Shared};
 use crate::audit::AuditLog;
-use crate::config::{Config, ListenerConfig, TlsMode};
-use crate::metrics::RejectReason;
-use crate::policy::Policy;
+use crate::config::{Config, TlsMode};
+use crate::deliver::Stages;
+use crate::metrics::{Observe, RejectReason};
 use crate::relay::Upstream;
 use crate::reply::Reply;
-use crate::rewrite::Rewriter;
-
-/// What SIGHUP replaces: policy, rewriter (DKIM key), TLS certificates and the users file.
-pub struct Live {
-    pub policy: Policy,
-    pub rewriter: Rewriter,
-    pub tls: Option<TlsAcceptor>,
-    pub users: Option<Users>,
-}
-
-impl Live {
-    pub fn build(cfg: &Config) -> anyhow::Result<Live> {
-        let policy = Policy::new(&cfg.policy).context("building the policy")?;
-        let rewriter = Rewriter::new(&cfg.policy).context("preparing the rewriter")?;
-        let tls = cfg.tls.as_ref().map(super::tls::acceptor).transpose()?;
-        let users = cfg
-            .auth
-            .users_file
-            .as_deref()
-            .map(Users::load)
-            .transpose()?;
-        Ok(Live {
-            policy,
-            rewriter,
-            tls,
-            users,
-        })
-    }
-}
-
-/// State every session shares.
-pub struct Shared {
-    pub cfg: Config,
-    pub relay_networks: Vec<IpNet>,
-    pub upstream: Upstream,
-    pub audit: AuditLog,
-    pub metrics: Observe,
-    live: RwLock<Arc<Live>>,
-}
-
-impl Shared {
-    pub fn live(&self) -> Arc<Live> {
-        match self.live.read() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
-    fn replace_live(&self, live: Live) {
-        let live = Arc::new(live);
-        match self.live.write() {
-            Ok(mut guard) => *guard = live,
-            Err(poisoned) => *poisoned.into_inner() = live,
-        }
-    }
-}
-
-/// One bound listener's settings.
-pub struct Listener {
-    pub cfg: ListenerConfig,
-    pub local: SocketAddr,
-    pub proxy_networks: Vec<IpNet>,
-}
-
-impl Listener {
-    /// Cleartext AUTH only where passwords cannot cross a network (config validation checks too).
-    pub fn cleartext_auth_allowed(&self) -> bool {
-        self.cfg.allow_cleartext_auth && self.local.ip().is_loopback()
-    }
-}
 
 pub fn run_from_cli(config: &Path) -> ExitCode {
     tune_allocator();
@@ -141,7 +68,12 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let cfg = Config::load(&config_path)?;
     let live = Live::build(&cfg)?;
     let relay_networks = cfg.relay_networks()?;
-    let upstream = Upstream::new(&cfg.upstream, &cfg.server.hostname)?;
+    let metrics = cfg
+        .metrics
+        .as_ref()
+        .map(|_| Arc::new(crate::metrics::Metrics::new()));
+    let observe = Observe::new(metrics.clone());
+    let upstream = Upstream::new(&cfg.upstream, &cfg.server.hostname, observe.clone())?;
     let audit =
         AuditLog::open(&cfg.audit, &live.policy.version()).context("opening the audit log")?;
     if !audit.is_writable() {
@@ -150,10 +82,6 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
             "audit log is not writable: messages that need an audit record will get 451 4.3.0 until it is fixed"
         );
     }
-    let metrics = cfg
-        .metrics
-        .as_ref()
-        .map(|_| Arc::new(crate::metrics::Metrics::new()));
 
     let mut bound = Vec::new();
     for (i, lc) in cfg.listeners.iter().enumerate() {
@@ -172,14 +100,13 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         ));
     }
     tracing::info!(policy_version = %live.policy.version(), "policy loaded:\n{}", live.policy.describe());
-    let shared = Arc::new(Shared {
-        relay_networks,
+    let stages = Stages {
         upstream,
         audit,
-        metrics: Observe::new(metrics.clone()),
-        live: RwLock::new(Arc::new(live)),
-        cfg,
-    });
+        metrics: observe,
+        hostname: cfg.server.hostname.clone(),
+    };
+    let shared = Arc::new(Shared::new(cfg, relay_networks, stages, live));
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let limit = Arc::new(Semaphore::new(shared.cfg.server.max_connections));
@@ -250,7 +177,7 @@ async fn spawn_metrics_endpoint(
         Duration::from_secs(shared.cfg.upstream.timeout_seconds.min(5)),
         shared.cfg.upstream.tls != TlsMode::Implicit,
         shared.cfg.audit.path.display().to_string(),
-        Arc::new(move || audit_shared.audit.is_writable()),
+        Arc::new(move || audit_shared.stages.audit.is_writable()),
     );
     tracing::info!(address, "metrics at /metrics, readiness at /healthz");
     tokio::spawn(async move {
@@ -297,7 +224,7 @@ fn reload(shared: &Shared, config_path: &Path) {
                     "reload: these sections changed but take effect only after a restart"
                 );
             }
-            shared.audit.set_policy_version(&version);
+            shared.stages.audit.set_policy_version(&version);
             shared.replace_live(live);
             tracing::info!(old = %old_version, new = %version, "reload: policy, TLS certificates and users reloaded:\n{}", shared.live().policy.describe());
         }
@@ -363,7 +290,10 @@ async fn accept_loop(
         };
         let _ = tcp.set_nodelay(true);
         let Ok(permit) = limit.clone().try_acquire_owned() else {
-            shared.metrics.rejected(RejectReason::ConnectionLimit);
+            shared
+                .stages
+                .metrics
+                .rejected(RejectReason::ConnectionLimit);
             tokio::spawn(refuse_busy(tcp));
             continue;
         };
@@ -402,37 +332,40 @@ async fn serve_connection(
     shutdown: watch::Receiver<bool>,
 ) {
     let timeout = Duration::from_secs(shared.cfg.server.command_timeout_seconds);
+    // hardening: IPv4 clients of a `[::]` listener match IPv4 relay/proxy networks.
+    let socket_peer = crate::config::networks::canonical_peer(socket_peer);
     let (tcp, peer) = match resolve_peer(&shared, &listener, tcp, socket_peer, timeout).await {
         Some(pair) => pair,
         None => return,
     };
     tracing::info!(client = %peer, listener = %listener.local, "connected");
-    let conn = if listener.cfg.tls == TlsMode::Implicit {
+    let metrics = &shared.stages.metrics;
+    let stream = if listener.cfg.tls == TlsMode::Implicit {
         let Some(acceptor) = shared.live().tls.clone() else {
             return;
         };
         match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
             Ok(Ok(tls)) => {
-                shared.metrics.tls_handshake(true);
-                Conn::Tls(Box::new(tls))
+                metrics.tls_handshake(true);
+                Stream::Tls(Box::new(tls))
             }
             Ok(Err(e)) => {
-                shared.metrics.tls_handshake(false);
+                metrics.tls_handshake(false);
                 tracing::info!("TLS handshake failed: {e}");
                 return;
             }
             Err(_) => {
-                shared.metrics.tls_handshake(false);
+                metrics.tls_handshake(false);
                 tracing::info!("TLS handshake timed out");
                 return;
             }
         }
     } else {
-        Conn::Plain(tcp)
+        Stream::Plain(tcp)
     };
     let label = listener.cfg.address.clone();
-    let _active = shared.metrics.session(&label);
-    let end = Session::new(shared.clone(), listener, id, peer, conn, shutdown)
+    let _active = metrics.session(&label);
+    let end = Session::new(shared.clone(), listener, id, peer, stream, shutdown)
         .run()
         .await;
     tracing::info!(end = ?end, "disconnected");
@@ -453,14 +386,14 @@ async fn resolve_peer(
     }
     if !trusted_proxy(socket_peer.ip(), &listener.proxy_networks) {
         tracing::warn!(peer = %socket_peer, "PROXY listener: connection from outside proxy_networks dropped");
-        shared.metrics.rejected(RejectReason::ProxyHeader);
+        shared.stages.metrics.rejected(RejectReason::ProxyHeader);
         return None;
     }
     match read_proxy_header(&mut tcp, timeout).await {
         Ok(addrs) => Some((tcp, addrs.client_or(socket_peer))),
         Err(e) => {
             tracing::warn!(peer = %socket_peer, "bad PROXY header: {e}");
-            shared.metrics.rejected(RejectReason::ProxyHeader);
+            shared.stages.metrics.rejected(RejectReason::ProxyHeader);
             None
         }
     }

@@ -225,8 +225,13 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Time, then a per-process sequence (ids made in one millisecond still sort in spooling order),
+/// then randomness (no clash with ids from before a restart).
 fn new_id(created_ms: u64) -> String {
-    format!("{created_ms:013}-{:016x}", rand::random::<u64>())
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed) & 0xff_ffff;
+    let rnd = rand::random::<u64>() & 0xff_ffff_ffff;
+    format!("{created_ms:013}-{seq:06x}{rnd:010x}")
 }
 
 /// Header section of `data` for a delivery report, cut at a line end if very large.
@@ -830,7 +835,7 @@ impl Spool {
             self.remove_entry(id, SpoolEvent::Dropped).await;
             return;
         }
-        let report = crate::relay::dsn::failure_report(
+        let report = crate::generated::dsn::failure_report(
             &self.hostname,
             &env.from,
             report_header(data),

@@ -1,8 +1,9 @@
-//! [`CopySender`] for the relay's [`Upstream`]: one spooled copy as one upstream transaction,
-//! on a pooled session when a fresh one is idle. Lives here (not in `relay/`) so the relay's
-//! code is untouched; the relay only needs to pass its `Upstream` to [`super::Spool::run`].
+//! [`CopySender`] for the relay's [`Upstream`]: one spooled copy as one upstream transaction
+//! (`Upstream::send_single`, a fresh connection each try), the session pooled afterwards. Lives
+//! here (not in `relay/`) so the relay's code is untouched; `serve` only needs
+//! [`start_for_serve`].
 
-use crate::relay::{Upstream, UpstreamError, UpstreamSession};
+use crate::relay::Upstream;
 use crate::reply::Reply;
 
 use super::CopySender;
@@ -15,52 +16,18 @@ impl CopySender for Upstream {
         rcpt: &str,
         data: &[u8],
     ) -> Result<Reply, String> {
-        // A pooled session may have been closed by the upstream meanwhile: one fresh retry.
-        let mut session = self.checkout().await.map_err(|e| e.to_string())?;
-        let first = mail_from(&mut session, from, params).await;
-        let (mut session, reply) = match first {
-            Ok(r) => (session, r),
-            Err(_) => {
-                let mut fresh = self.connect().await.map_err(|e| e.to_string())?;
-                let r = mail_from(&mut fresh, from, params)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                (fresh, r)
-            }
-        };
-        if !reply.is_positive() {
-            return finish(self, session, reply).await;
+        let mut held = None;
+        let result = self
+            .send_single(&mut held, from, params, rcpt, &[data])
+            .await;
+        // send_single leaves no transaction open (RSET after a refused RCPT) and drops a
+        // session that failed, so what is left may serve the next copy.
+        if let Some(session) = held {
+            self.checkin(session);
         }
-        let reply = session.rcpt_to(rcpt).await.map_err(|e| e.to_string())?;
-        if !reply.is_positive() {
-            return finish(self, session, reply).await;
-        }
-        let reply = session.data(&[data]).await.map_err(|e| e.to_string())?;
-        self.checkin(session);
-        Ok(reply)
+        result.map_err(|e| e.to_string())
     }
 }
-
-async fn mail_from(
-    session: &mut UpstreamSession,
-    from: &str,
-    params: &str,
-) -> Result<Reply, UpstreamError> {
-    session.mail_from(from, params).await
-}
-
-/// The transaction ended early with `reply`: reset it so the session can be pooled again.
-async fn finish(
-    upstream: &Upstream,
-    mut session: UpstreamSession,
-    reply: Reply,
-) -> Result<Reply, String> {
-    if session.rset().await.is_ok() {
-        upstream.checkin(session);
-    }
-    Ok(reply)
-}
-
 /// Everything `serve` needs: opens `[spool]` (taking its lock), attaches metrics and the report
 /// host name, and starts the retry task on `upstream` until `shutdown`. Await the handle at
 /// shutdown so tries in flight can finish (at most a few seconds).
