@@ -4,8 +4,10 @@
 //!
 //! Exit codes: `check` exits 0 whatever the decision and 2 when the config, the file or the
 //! message cannot be read. With `--json`, stdout always carries exactly one JSON object: the
-//! decision, or `{"error": "...", "kind": "config" | "input" | "unreadable"}` on exit 2 (the same
-//! text also goes to stderr). `config check` exits 0 when the config is valid and 1 otherwise.
+//! decision, or `{"error": "...", "kind": "config" | "input" | "unreadable" | "too_big",
+//! "smtp_reply": ...}` on exit 2 (the same text also goes to stderr); `smtp_reply` is the reply
+//! `serve` gives the same bytes. The file is read as a client would send it with DATA: LF line
+//! ends become CRLF, and DATA's rules (bare CR, lines over 1000 octets, size) apply. `config check` exits 0 when the config is valid and 1 otherwise.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -18,6 +20,7 @@ use crate::message::{Envelope, Message, Unreadable};
 use crate::policy::{Decision, Policy};
 use crate::rewrite::plan::{plan, Plan, Refusal, RefusalCause, Send};
 use crate::rewrite::{dkim_signatures_over_recipients, Rewriter};
+use crate::smtp::data::{receive_whole, DataError};
 
 #[derive(clap::Args, Debug)]
 pub struct CheckArgs {
@@ -97,8 +100,14 @@ fn check(args: &CheckArgs) -> Result<Report, Failure> {
         Policy::new(&cfg.policy).map_err(|e| Failure::new("config", format!("{shown}: {e:#}")))?;
     let rewriter = Rewriter::new(&cfg.policy)
         .map_err(|e| Failure::new("config", format!("{shown}: {e:#}")))?;
-    // The same value `serve` builds at the end of DATA, refused the same way.
-    let message = Message::parse(read_input(&args.file)?).map_err(|r| unreadable(&r.why))?;
+    // The bytes `serve` would hold at the end of DATA had a client sent this file (DATA's rules
+    // and replies included), then the same value it builds from them, refused the same way.
+    let received = receive_whole(
+        &client_line_ends(&read_input(&args.file)?),
+        cfg.server.max_message_size,
+    )
+    .map_err(|e| refused_data(e, cfg.server.max_message_size))?;
+    let message = Message::parse(received).map_err(|r| unreadable(&r.why))?;
 
     let (sender, sender_source) = match &args.from {
         Some(f) => (f.trim().to_string(), "--from"),
@@ -162,6 +171,34 @@ fn unreadable(u: &Unreadable) -> Failure {
         message: format!("the relay would refuse this message ({reply})"),
         smtp_reply: Some(reply.to_string()),
     }
+}
+
+/// A message that breaks DATA's rules: exit 2, with the very reply `serve` gives.
+fn refused_data(e: DataError, max_size: usize) -> Failure {
+    let reply = e.reply(max_size);
+    Failure {
+        kind: match e {
+            DataError::TooBig => "too_big",
+            DataError::BareLf | DataError::BareCr | DataError::LineTooLong => "unreadable",
+        },
+        message: format!("the relay would refuse this message ({reply})"),
+        smtp_reply: Some(reply.to_string()),
+    }
+}
+
+/// The file as a mail client sends it: files on disk often end lines in LF alone, and clients
+/// send every line end as CRLF. A lone CR stays (serve refuses it, so check does too).
+fn client_line_ends(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len() + raw.len() / 32);
+    let mut prev = 0u8;
+    for &b in raw {
+        if b == b'\n' && prev != b'\r' {
+            out.push(b'\r');
+        }
+        out.push(b);
+        prev = b;
+    }
+    out
 }
 
 fn read_input(file: &Path) -> Result<Vec<u8>, Failure> {

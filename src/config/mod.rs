@@ -79,6 +79,33 @@ pub struct ServerConfig {
     /// (Postfix `smtpd_hard_error_limit`, also 20). 0 = no limit.
     #[serde(default = "default_hard_error_limit")]
     pub hard_error_limit: u32,
+    /// Simultaneous connections one client address may hold (Postfix
+    /// `smtpd_client_connection_count_limit`, also 50). Clients in `relay_networks` are exempt,
+    /// as Postfix exempts `$mynetworks`. 0 = no limit.
+    #[serde(default = "default_max_connections_per_client")]
+    pub max_connections_per_client: usize,
+    /// Slowest DATA/BDAT transfer tolerated, bytes per second (Postfix `smtpd_min_data_rate`,
+    /// also 500): the transfer's deadline starts at `data_timeout_seconds` and each byte received
+    /// extends it by 1/rate seconds, so trickling one byte at a time cannot hold a session open.
+    #[serde(default = "default_min_data_rate")]
+    pub min_data_rate: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> AuthConfig {
+        AuthConfig {
+            users_file: None,
+            enforce_sender_login: true,
+            senders: Default::default(),
+        }
+    }
+}
+
+fn default_max_connections_per_client() -> usize {
+    50
+}
+fn default_min_data_rate() -> u64 {
+    500
 }
 
 fn default_hard_error_limit() -> u32 {
@@ -161,12 +188,22 @@ pub struct TlsConfig {
     pub private_key: PathBuf,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// `user:hash` lines, hashes made by `bccguard passwd` (argon2id PHC strings).
     #[serde(default)]
     pub users_file: Option<PathBuf>,
+    /// Refuse a MAIL FROM that the authenticated login does not own (Postfix
+    /// `reject_sender_login_mismatch`). On by default: policy exemptions by sender mean nothing
+    /// if a login can claim any sender.
+    #[serde(default = "default_true")]
+    pub enforce_sender_login: bool,
+    /// The sender addresses (or `*@domain` patterns) each login may use, besides the login
+    /// itself when it is an address (Postfix `smtpd_sender_login_maps`), e.g.
+    /// `alice = ["alice@example.org", "press@example.org"]`.
+    #[serde(default)]
+    pub senders: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

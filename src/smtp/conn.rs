@@ -6,7 +6,7 @@
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
@@ -101,6 +101,19 @@ impl<S: Io> Conn<S> {
         }
     }
 
+    /// Reads more bytes into `input` within the transfer's deadline: the message content's allowance
+    /// grows with what was received (see [`ContentDeadline`]).
+    pub async fn fill_content(&mut self, deadline: &mut ContentDeadline) -> Result<(), End> {
+        let before = self.input.len();
+        let left = deadline.left();
+        if left.is_zero() {
+            return Err(End::Timeout);
+        }
+        self.fill(left, false, CONTENT_READ).await?;
+        deadline.received(self.input.len().saturating_sub(before));
+        Ok(())
+    }
+
     /// Reads more bytes into `input`, after sending the replies queued so far (a server may
     /// batch replies, but must flush before it waits for the client). `idle` = between
     /// commands: a shutdown then ends the session, and a large content buffer is given back.
@@ -134,7 +147,11 @@ impl<S: Io> Conn<S> {
 
     /// The next CRLF-terminated line. A line ending in a bare LF is refused, never guessed at:
     /// servers that accept it disagree with their upstreams about where commands start.
+    /// `timeout` is for the whole line, not per read: a client trickling a byte at a time
+    /// cannot hold the session past it.
     pub async fn read_line(&mut self, timeout: Duration) -> Result<Line, End> {
+        let deadline = Instant::now() + timeout;
+        let left = || deadline.saturating_duration_since(Instant::now());
         let mut scanned = 0;
         loop {
             if let Some(i) = memchr::memchr(b'\n', &self.input[scanned..]) {
@@ -157,7 +174,7 @@ impl<S: Io> Conn<S> {
                 // Keep discarding until the line ends, then answer once.
                 self.input.clear();
                 loop {
-                    self.fill(timeout, false, COMMAND_READ).await?;
+                    self.fill(left(), false, COMMAND_READ).await?;
                     if let Some(i) = memchr::memchr(b'\n', &self.input) {
                         self.input.drain(..=i);
                         return Ok(Line::Invalid(line_too_long()));
@@ -166,7 +183,7 @@ impl<S: Io> Conn<S> {
                 }
             }
             let idle = self.input.is_empty();
-            self.fill(timeout, idle, COMMAND_READ).await?;
+            self.fill(left(), idle, COMMAND_READ).await?;
         }
     }
 
@@ -208,6 +225,40 @@ impl<S: Io> Conn<S> {
         if let Some(mut stream) = self.stream.take() {
             let _ = tokio::time::timeout(Duration::from_secs(2), stream.shutdown()).await;
         }
+    }
+}
+
+/// The deadline of one DATA/BDAT transfer: `base` from its start plus 1/`min_rate` seconds per
+/// byte received (Postfix's `smtpd_min_data_rate` idea), so a fast transfer of any size is fine
+/// and one that trickles is cut off.
+pub struct ContentDeadline {
+    start: Instant,
+    base: Duration,
+    min_rate: u64,
+    received: u64,
+}
+
+impl ContentDeadline {
+    pub fn new(base: Duration, min_rate: u64) -> ContentDeadline {
+        ContentDeadline {
+            start: Instant::now(),
+            base,
+            min_rate,
+            received: 0,
+        }
+    }
+
+    fn received(&mut self, bytes: usize) {
+        self.received = self.received.saturating_add(bytes as u64);
+    }
+
+    fn left(&self) -> Duration {
+        let earned = if self.min_rate == 0 {
+            Duration::from_secs(u64::MAX / 4)
+        } else {
+            Duration::from_secs_f64(self.received as f64 / self.min_rate as f64)
+        };
+        (self.start + self.base.saturating_add(earned)).saturating_duration_since(Instant::now())
     }
 }
 

@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod conn;
 pub mod data;
+pub mod limits;
 pub mod proxy;
 pub mod server;
 pub mod session;

@@ -339,6 +339,27 @@ async fn serve_connection(
         None => return,
     };
     tracing::info!(client = %peer, listener = %listener.local, "connected");
+    // Checked on the real client address (after PROXY): insiders are exempt, like $mynetworks.
+    let max_per_client = if shared.in_relay_networks(peer.ip()) {
+        0
+    } else {
+        shared.cfg.server.max_connections_per_client
+    };
+    let Some(_slot) = shared.clients.try_enter(peer.ip(), max_per_client) else {
+        shared
+            .stages
+            .metrics
+            .rejected(RejectReason::ConnectionLimit);
+        tracing::info!(client = %peer.ip(), limit = max_per_client, "too many connections from this client");
+        let mut tcp = tcp;
+        let reply = Reply::new(
+            421,
+            (4, 7, 0),
+            "Too many connections from your address, please try again later",
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(5), tcp.write_all(&reply.to_wire())).await;
+        return;
+    };
     let metrics = &shared.stages.metrics;
     let stream = if listener.cfg.tls == TlsMode::Implicit {
         let Some(acceptor) = shared.live().tls.clone() else {

@@ -9,6 +9,7 @@ use ipnet::IpNet;
 use tokio_rustls::TlsAcceptor;
 
 use super::auth::Users;
+use super::limits::ClientConnections;
 use crate::config::{Config, ListenerConfig};
 use crate::deliver::{Rules, Stages};
 use crate::policy::Policy;
@@ -54,6 +55,8 @@ pub struct Shared {
     pub cfg: Config,
     pub relay_networks: Vec<IpNet>,
     pub stages: Stages,
+    /// Sessions held per client address.
+    pub clients: Arc<ClientConnections>,
     live: RwLock<Arc<Live>>,
 }
 
@@ -63,6 +66,7 @@ impl Shared {
             cfg,
             relay_networks,
             stages,
+            clients: Arc::default(),
             live: RwLock::new(Arc::new(live)),
         }
     }
@@ -73,6 +77,11 @@ impl Shared {
             Ok(guard) => guard.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
+    }
+
+    /// May this client relay without AUTH?
+    pub fn in_relay_networks(&self, ip: std::net::IpAddr) -> bool {
+        self.relay_networks.iter().any(|n| n.contains(&ip))
     }
 
     pub fn replace_live(&self, live: Live) {

@@ -170,7 +170,8 @@ class Env:
                 {"address": f"127.0.0.1:{h.free_port()}", "tls": "implicit", "auth": "required"},
             ],
             "tls": {"certificate": str(self.pki.cert), "private_key": str(self.pki.key)},
-            "auth": {"users_file": str(self.work / "users")},
+            # The client MTA logs in as alice and relays for its whole domain (sender login map).
+            "auth": {"users_file": str(self.work / "users"), "senders": {USER: ["*@sender.test"]}},
             "upstream": upstream,
             "policy": POLICY,
             "audit": {"path": str(var / "audit.jsonl"), "recipients": "plain",

@@ -8,12 +8,16 @@ use super::{End, Flow, Io, Phase, Session};
 use crate::deliver::{deliver, Job};
 use crate::message::Message;
 use crate::reply::Reply;
-use crate::smtp::conn::CONTENT_READ;
+use crate::smtp::conn::ContentDeadline;
 use crate::smtp::data::{ChunkChecker, DataError, DataReader, Feed};
 
 impl<S: Io> Session<S> {
-    fn data_timeout(&self) -> Duration {
-        Duration::from_secs(self.shared.cfg.server.data_timeout_seconds)
+    fn content_deadline(&self) -> ContentDeadline {
+        let server = &self.shared.cfg.server;
+        ContentDeadline::new(
+            Duration::from_secs(server.data_timeout_seconds),
+            server.min_data_rate,
+        )
     }
 
     /// Why content cannot be taken now, if it cannot.
@@ -54,7 +58,7 @@ impl<S: Io> Session<S> {
             _ => 0,
         };
         let mut message = Vec::with_capacity(declared.clamp(4096, 1 << 20));
-        let timeout = self.data_timeout();
+        let mut deadline = self.content_deadline();
         let mut in_flight = self.metrics().in_flight();
         loop {
             let before = message.len();
@@ -69,7 +73,7 @@ impl<S: Io> Session<S> {
                     self.conn.input.drain(..consumed);
                 }
             }
-            if let Err(end) = self.conn.fill(timeout, false, CONTENT_READ).await {
+            if let Err(end) = self.conn.fill_content(&mut deadline).await {
                 self.abort_transaction().await;
                 return Err(end);
             }
@@ -84,7 +88,7 @@ impl<S: Io> Session<S> {
 
     pub(super) async fn bdat(&mut self, chunk_size: usize, is_last: bool) -> Result<Flow, End> {
         let max = self.shared.cfg.server.max_message_size;
-        let timeout = self.data_timeout();
+        let mut deadline = self.content_deadline();
         // The chunk follows the command whatever we answer: read it all to stay in step.
         let refusal = self.content_refusal();
         let mut pending = match &mut self.phase {
@@ -100,7 +104,7 @@ impl<S: Io> Session<S> {
         let mut remaining = chunk_size;
         while remaining > 0 {
             if self.conn.input.is_empty() {
-                if let Err(end) = self.conn.fill(timeout, false, CONTENT_READ).await {
+                if let Err(end) = self.conn.fill_content(&mut deadline).await {
                     self.abort_transaction().await;
                     return Err(end);
                 }

@@ -10,7 +10,7 @@ use crate::metrics::RejectReason;
 use crate::reply::Reply;
 
 impl<S: Io> Session<S> {
-    pub(super) async fn mail(&mut self, from: MailFrom<String>) -> Reply {
+    pub(super) async fn mail(&mut self, from: MailFrom<String>, line: &[u8]) -> Reply {
         match self.phase {
             Phase::Greeted => return Reply::new(503, (5, 5, 1), "Send EHLO/HELO first"),
             Phase::Mail(_) => return Reply::new(503, (5, 5, 1), "Nested MAIL command"),
@@ -21,7 +21,8 @@ impl<S: Io> Session<S> {
             return Reply::new(530, (5, 7, 0), "Authentication required");
         }
         let max = self.shared.cfg.server.max_message_size;
-        if from.size > max {
+        // smtp-proto saturates a huge SIZE into a small number: read the digits ourselves.
+        if from.size > max || declared_size(line).is_some_and(|size| size > max as u128) {
             self.metrics().rejected(RejectReason::Size);
             return Reply::new(
                 552,
@@ -33,6 +34,16 @@ impl<S: Io> Session<S> {
             Ok(p) => p,
             Err(why) => return Reply::new(501, (5, 1, 7), format!("Bad sender address: {why}")),
         };
+        if let Some(login) = self.auth_user.as_deref() {
+            if self.shared.cfg.auth.enforce_sender_login && !self.login_owns(login, &sender) {
+                tracing::info!(client = %self.peer.ip(), user = %login, "sender address not owned by this login");
+                return Reply::new(
+                    553,
+                    (5, 7, 1),
+                    format!("Sender address rejected: not owned by user {login}; ask IT to allow it for your login"),
+                );
+            }
+        }
         let params = MailParams {
             eight_bit_mime: from.flags & MAIL_BODY_8BITMIME != 0,
             smtputf8: from.flags & MAIL_SMTPUTF8 != 0,
@@ -130,6 +141,62 @@ impl<S: Io> Session<S> {
     }
 }
 
+impl<S: Io> Session<S> {
+    /// May this login send as `sender` (Postfix `smtpd_sender_login_maps`)? The null sender is
+    /// always allowed (bounces); otherwise the login itself when it is an address, what
+    /// `[auth] senders` lists for it, and for a bare login name `login@` each internal domain.
+    fn login_owns(&self, login: &str, sender: &str) -> bool {
+        if sender.is_empty() {
+            return true;
+        }
+        let sender = sender.to_lowercase();
+        let Some((local, sender_domain)) = sender.rsplit_once('@') else {
+            return false;
+        };
+        let login_lower = login.to_lowercase();
+        if login.contains('@') {
+            if sender == login_lower {
+                return true;
+            }
+        } else if local == login_lower
+            && self
+                .shared
+                .live()
+                .policy
+                .internal_domains()
+                .is_internal(&sender)
+        {
+            return true;
+        }
+        let allowed = self.shared.cfg.auth.senders.get(login);
+        allowed.is_some_and(|list| {
+            list.iter().any(|pattern| {
+                let pattern = pattern.to_lowercase();
+                match pattern
+                    .strip_prefix("*@")
+                    .or_else(|| pattern.strip_prefix('@'))
+                {
+                    Some(domain) => sender_domain == domain,
+                    None => sender == pattern,
+                }
+            })
+        })
+    }
+}
+
+/// The SIZE parameter's value as written (`None` when absent), however many digits it has.
+fn declared_size(line: &[u8]) -> Option<u128> {
+    let params = &line[line.iter().rposition(|&b| b == b'>')? + 1..];
+    let text = std::str::from_utf8(params).ok()?;
+    let value = text.split_ascii_whitespace().find_map(|p| {
+        p.get(..5)
+            .filter(|k| k.eq_ignore_ascii_case("size="))
+            .map(|_| &p[5..])
+    })?;
+    // Too many digits for u128 is certainly too big.
+    Some(value.parse::<u128>().unwrap_or(u128::MAX))
+}
+
 /// An envelope address in its RFC 5321 form, as the client meant it: smtp-proto hands us the
 /// local part unquoted, so a local part that is not a dot-string is quoted again. Forwarded
 /// unquoted, `"a@evil> NOTIFY=..."@example.org` would become parameters at the upstream.
@@ -186,6 +253,20 @@ fn is_dot_string(local: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::path;
+
+    #[test]
+    fn a_huge_size_is_read_as_huge() {
+        use super::declared_size;
+        assert_eq!(
+            declared_size(b"MAIL FROM:<a@b> SIZE=99999999999999999999999\r\n"),
+            Some(u128::MAX)
+        );
+        assert_eq!(
+            declared_size(b"MAIL FROM:<a@b> BODY=8BITMIME size=1000\r\n"),
+            Some(1000)
+        );
+        assert_eq!(declared_size(b"MAIL FROM:<a@b>\r\n"), None);
+    }
 
     #[test]
     fn quoted_local_parts_stay_quoted_so_nothing_becomes_a_parameter() {

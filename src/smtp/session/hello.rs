@@ -16,8 +16,12 @@ impl<S: Io> Session<S> {
     }
 
     pub(super) async fn ehlo(&mut self, host: String, esmtp: bool) -> Reply {
-        if host.trim().is_empty() {
-            return Reply::new(501, (5, 5, 4), "Syntax: EHLO hostname");
+        if !valid_helo(&host) {
+            return Reply::new(
+                501,
+                (5, 5, 4),
+                "Syntax: EHLO hostname (a domain name or an address literal such as [192.0.2.1])",
+            );
         }
         self.abort_transaction().await;
         self.phase = Phase::Ready;
@@ -53,4 +57,61 @@ pub(super) fn help() -> Reply {
         (2, 0, 0),
         "bccguard relays mail and keeps recipient lists private.\nCommands: EHLO HELO STARTTLS AUTH MAIL RCPT DATA BDAT RSET NOOP QUIT HELP VRFY\nSee RFC 5321",
     )
+}
+
+/// RFC 5321 4.1.1.1: EHLO takes a domain or an address literal. Underscores are tolerated
+/// (Windows host names carry them); anything else, NUL and controls above all, is refused.
+fn valid_helo(host: &str) -> bool {
+    if let Some(literal) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        let v6 = literal
+            .strip_prefix("IPv6:")
+            .or_else(|| literal.strip_prefix("ipv6:"));
+        return match v6 {
+            Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+            None => literal.parse::<std::net::Ipv4Addr>().is_ok(),
+        };
+    }
+    let name = host.strip_suffix('.').unwrap_or(host);
+    !name.is_empty()
+        && name.len() <= 255
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .chars()
+                    .all(|c| c.is_alphanumeric() || c == '-' || c == '_')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_helo;
+
+    #[test]
+    fn helo_is_a_domain_or_an_address_literal() {
+        for ok in [
+            "mail.example.org",
+            "localhost",
+            "host_1.corp",
+            "[192.0.2.1]",
+            "[IPv6:2001:db8::1]",
+            "bücher.example",
+            "x.example.",
+        ] {
+            assert!(valid_helo(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "a\0b",
+            "a b",
+            "a..b",
+            "[192.0.2.300]",
+            "[2001:db8::1]",
+            "x\r\ny",
+            "<a@b>",
+            "a/b",
+        ] {
+            assert!(!valid_helo(bad), "{bad:?}");
+        }
+    }
 }

@@ -142,11 +142,7 @@ impl<S: Io> Session<S> {
     fn relay_permitted(&self) -> bool {
         self.auth_user.is_some()
             || (self.listener.cfg.auth != AuthRequirement::Required
-                && self
-                    .shared
-                    .relay_networks
-                    .iter()
-                    .any(|n| n.contains(&self.peer.ip())))
+                && self.shared.in_relay_networks(self.peer.ip()))
     }
 
     pub async fn run(mut self) -> End {
@@ -198,9 +194,13 @@ impl<S: Io> Session<S> {
         let limit = self.shared.cfg.server.hard_error_limit;
         loop {
             let flow = match self.conn.read_line(self.command_timeout()).await {
+                // Never guessed at: a lossy decode would turn bytes into U+FFFD in an address.
+                Ok(Line::Command(line)) if std::str::from_utf8(&line).is_err() => {
+                    Flow::Continue(Reply::new(500, (5, 5, 2), "Error: bad UTF-8 syntax"))
+                }
                 Ok(Line::Command(line)) => {
                     match Request::parse(&mut line.iter()).map(Request::into_owned) {
-                        Ok(request) => match self.handle(request).await {
+                        Ok(request) => match self.handle(request, &line).await {
                             Ok(flow) => flow,
                             Err(end) => return end,
                         },
@@ -233,7 +233,7 @@ impl<S: Io> Session<S> {
         }
     }
 
-    async fn handle(&mut self, request: Request<String>) -> Result<Flow, End> {
+    async fn handle(&mut self, request: Request<String>, line: &[u8]) -> Result<Flow, End> {
         Ok(match request {
             Request::Ehlo { host } => self.ehlo(host, true).await.into(),
             Request::Helo { host } => self.ehlo(host, false).await.into(),
@@ -245,7 +245,7 @@ impl<S: Io> Session<S> {
                 mechanism,
                 initial_response,
             } => return self.auth(mechanism, initial_response).await,
-            Request::Mail { from } => self.mail(from).await.into(),
+            Request::Mail { from } => self.mail(from, line).await.into(),
             Request::Rcpt { to } => self.rcpt(to.address).await.into(),
             Request::Data => return self.data().await,
             Request::Bdat {
