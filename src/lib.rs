@@ -5,7 +5,8 @@
 //! (upstream), with [`audit`] beside the pipe recording every intervention. [`deliver`] runs one
 //! message through those stages and its outcome step; [`generated`] is the mail the relay writes.
 //! [`message`] holds the values the stages share (message, envelope, client); [`config`] loads and checks the admin's TOML; [`cli`] holds the
-//! offline commands (check, config check, audit, passwd); [`reply`] is the SMTP reply value
+//! offline commands (check, config check, audit, spool, passwd); [`spool`] keeps split copies
+//! the upstream could not take in-session and retries them; [`reply`] is the SMTP reply value
 //! every stage answers with.
 
 pub mod audit;
@@ -21,3 +22,4 @@ pub mod relay;
 pub mod reply;
 pub mod rewrite;
 pub mod smtp;
+pub mod spool;

@@ -48,6 +48,11 @@ enum Command {
     },
     /// Read a password on stdin and print a users-file line hash for it.
     Passwd,
+    /// Spool of split copies waiting for a retry.
+    Spool {
+        #[command(subcommand)]
+        command: bccguard::cli::spool::SpoolCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -75,5 +80,6 @@ fn main() -> ExitCode {
         } => bccguard::cli::check::run_config_check(&config),
         Command::Audit { command } => bccguard::cli::audit::run(&command),
         Command::Passwd => bccguard::smtp::auth::run_passwd(),
+        Command::Spool { command } => bccguard::cli::spool::run(&command),
     }
 }

@@ -1,4 +1,5 @@
-//! Offline commands for admins: `check`, `config check`, `audit verify|query`, `passwd`.
+//! Offline commands for admins: `check`, `config check`, `audit verify|query`, `spool list|flush`, `passwd`.
 
 pub mod audit;
 pub mod check;
+pub mod spool;

@@ -46,6 +46,9 @@ pub struct Config {
     pub audit: AuditConfig,
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
+    /// Durable spool for split copies the upstream could not take in-session (`[spool]`).
+    #[serde(default)]
+    pub spool: SpoolConfig,
     /// The file this was loaded from, for messages; not a key.
     #[serde(skip)]
     pub source_path: PathBuf,
@@ -465,6 +468,105 @@ impl Default for AuditConfig {
     }
 }
 
+/// `[spool]`: where split copies wait when the upstream could not take them in-session, and how
+/// they are retried. See `crate::spool`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// Folder of spooled copies (created 0700); beside the audit log by default.
+    #[serde(default = "default_spool_path")]
+    pub path: PathBuf,
+    /// A copy still undelivered this long after it was spooled is bounced to its sender
+    /// (default 5 days, like Postfix's maximal_queue_lifetime).
+    #[serde(default = "default_spool_lifetime")]
+    pub max_lifetime_seconds: u64,
+    /// Wait before the first spool retry; doubles after every failed try...
+    #[serde(default = "default_spool_backoff_initial")]
+    pub backoff_initial_seconds: u64,
+    /// ...up to this cap.
+    #[serde(default = "default_spool_backoff_max")]
+    pub backoff_max_seconds: u64,
+    /// Most copies held; a copy beyond this is refused (the client then gets a 4xx).
+    #[serde(default = "default_spool_max_entries")]
+    pub max_entries: usize,
+    /// Most bytes held on disk, all copies together.
+    #[serde(default = "default_spool_max_bytes")]
+    pub max_bytes: u64,
+    /// Copies retried at the same time.
+    #[serde(default = "default_spool_parallel")]
+    pub parallel: usize,
+    /// `/healthz` fails once the oldest copy waited longer than this (0 = never; it is then only
+    /// reported as information).
+    #[serde(default)]
+    pub health_max_age_seconds: u64,
+}
+
+fn default_spool_path() -> PathBuf {
+    PathBuf::from("var/spool")
+}
+fn default_spool_lifetime() -> u64 {
+    432_000
+}
+fn default_spool_backoff_initial() -> u64 {
+    60
+}
+fn default_spool_backoff_max() -> u64 {
+    3600
+}
+fn default_spool_max_entries() -> usize {
+    10_000
+}
+fn default_spool_max_bytes() -> u64 {
+    1 << 30
+}
+fn default_spool_parallel() -> usize {
+    4
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            path: default_spool_path(),
+            max_lifetime_seconds: default_spool_lifetime(),
+            backoff_initial_seconds: default_spool_backoff_initial(),
+            backoff_max_seconds: default_spool_backoff_max(),
+            max_entries: default_spool_max_entries(),
+            max_bytes: default_spool_max_bytes(),
+            parallel: default_spool_parallel(),
+            health_max_age_seconds: 0,
+        }
+    }
+}
+
+impl SpoolConfig {
+    /// The first mistake in the `[spool]` section, as (key, why).
+    pub fn problem(&self) -> Option<(&'static str, String)> {
+        let positive = [
+            ("spool.max_lifetime_seconds", self.max_lifetime_seconds),
+            (
+                "spool.backoff_initial_seconds",
+                self.backoff_initial_seconds,
+            ),
+            ("spool.max_bytes", self.max_bytes),
+            ("spool.max_entries", self.max_entries as u64),
+            ("spool.parallel", self.parallel as u64),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Some((key, "must be above 0".into()));
+        }
+        if self.backoff_max_seconds < self.backoff_initial_seconds {
+            return Some((
+                "spool.backoff_max_seconds",
+                "must not be below spool.backoff_initial_seconds".into(),
+            ));
+        }
+        if self.path.as_os_str().is_empty() {
+            return Some(("spool.path", "must not be empty".into()));
+        }
+        None
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
@@ -670,6 +772,9 @@ impl Config {
                 "policy.dkim.on_rewrite",
                 "`resign` needs policy.dkim.private_key, domain and selector",
             ));
+        }
+        if let Some((key, why)) = self.spool.problem() {
+            return Err(self.invalid(key, why));
         }
         if let Some(name) = &self.policy.trace_header {
             let ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':');

@@ -23,7 +23,7 @@ use prometheus_client::registry::Registry;
 
 use crate::config::{Action, Mode};
 
-pub use health::{Health, HealthFuture, ProbeHealth};
+pub use health::{Health, HealthFuture, ProbeHealth, SpoolStatus, SpoolStatusFn};
 pub use http::serve;
 pub use observe::{InFlight, Observe};
 
@@ -138,6 +138,45 @@ impl fmt::Display for RejectReason {
     }
 }
 
+/// What happened to a copy in the durable spool; the `event` label of `bccguard_spool_events_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SpoolEvent {
+    /// A copy was made durable in the spool.
+    Enqueued,
+    /// The upstream accepted a spooled copy; it left the spool.
+    Delivered,
+    /// A retry failed temporarily; the copy waits for the next one.
+    Deferred,
+    /// Permanent failure or lifetime over: a delivery report to the sender replaced the copy.
+    Bounced,
+    /// A null-sender copy (itself a report) could not be delivered and was dropped.
+    Dropped,
+    /// A damaged file (crash mid-write, disk fault) was moved aside to `corrupt/`, never sent.
+    Quarantined,
+}
+
+impl SpoolEvent {
+    pub const ALL: [SpoolEvent; 6] = [
+        SpoolEvent::Enqueued,
+        SpoolEvent::Delivered,
+        SpoolEvent::Deferred,
+        SpoolEvent::Bounced,
+        SpoolEvent::Dropped,
+        SpoolEvent::Quarantined,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpoolEvent::Enqueued => "enqueued",
+            SpoolEvent::Delivered => "delivered",
+            SpoolEvent::Deferred => "deferred",
+            SpoolEvent::Bounced => "bounced",
+            SpoolEvent::Dropped => "dropped",
+            SpoolEvent::Quarantined => "quarantined",
+        }
+    }
+}
+
 /// Which side of the relay a TLS handshake was on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TlsSide {
@@ -207,6 +246,11 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SpoolEventLabels {
+    event: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
     version: &'static str,
 }
@@ -224,6 +268,10 @@ pub struct Metrics {
     tls_handshakes: Family<TlsLabels, Counter>,
     rejected: Family<ReasonLabels, Counter>,
     inflight_bytes: Gauge,
+    spool_entries: Gauge,
+    spool_bytes: Gauge,
+    spool_oldest_age_seconds: Gauge,
+    spool_events: Family<SpoolEventLabels, Counter>,
 }
 
 impl fmt::Debug for Metrics {
@@ -252,6 +300,10 @@ impl Metrics {
             tls_handshakes: Family::default(),
             rejected: Family::default(),
             inflight_bytes: Gauge::default(),
+            spool_entries: Gauge::default(),
+            spool_bytes: Gauge::default(),
+            spool_oldest_age_seconds: Gauge::default(),
+            spool_events: Family::default(),
         };
         // prometheus-client appends `_info`: this is `bccguard_build_info`.
         m.registry.register(
@@ -306,6 +358,31 @@ impl Metrics {
             "Bytes of messages currently held in memory",
             m.inflight_bytes.clone(),
         );
+        m.registry.register(
+            "spool_entries",
+            "Split copies waiting in the durable spool for a retry",
+            m.spool_entries.clone(),
+        );
+        m.registry.register(
+            "spool_bytes",
+            "Bytes on disk of the copies waiting in the spool",
+            m.spool_bytes.clone(),
+        );
+        m.registry.register(
+            "spool_oldest_age_seconds",
+            "Age of the oldest copy waiting in the spool (0 when empty)",
+            m.spool_oldest_age_seconds.clone(),
+        );
+        m.registry.register(
+            "spool_events",
+            "Spooled copies by what happened to them (enqueued, delivered, deferred, bounced, dropped, quarantined)",
+            m.spool_events.clone(),
+        );
+        for event in SpoolEvent::ALL {
+            let _ = m.spool_events.get_or_create(&SpoolEventLabels {
+                event: event.as_str(),
+            });
+        }
         // Series with fixed label values exist from the start, so rate() and alerts see a 0
         // instead of a missing series until the first event.
         for reason in RejectReason::ALL {
@@ -440,6 +517,30 @@ impl Metrics {
         };
         held.add(bytes);
         held
+    }
+
+    /// The spool now holds `entries` copies of `bytes` in all, the oldest waiting for `oldest_age`.
+    pub fn spool_state(&self, entries: usize, bytes: u64, oldest_age: Duration) {
+        self.spool_entries
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
+        self.spool_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        self.spool_oldest_age_seconds
+            .set(i64::try_from(oldest_age.as_secs()).unwrap_or(i64::MAX));
+    }
+
+    /// One spooled copy went through `event`.
+    pub fn spool_event(&self, event: SpoolEvent) {
+        self.spool_events
+            .get_or_create(&SpoolEventLabels {
+                event: event.as_str(),
+            })
+            .inc();
+    }
+
+    /// Current value of `bccguard_spool_entries`.
+    pub fn spool_entries(&self) -> i64 {
+        self.spool_entries.get()
     }
 
     /// Current value of `bccguard_sessions_active` (for logs and tests).

@@ -325,13 +325,15 @@ class PyUpstream:
     """A tiny SMTP server on asyncio streams, in its own thread.
 
     - RCPT for a local part starting with "reject" gets `550 5.1.1 No such user`; "tempfail" gets
-      `450 4.2.1 Mailbox busy`; "baddata" is accepted at RCPT but its DATA gets `550 5.7.1`.
+      `450 4.2.1 Mailbox busy`; "baddata" is accepted at RCPT but its DATA gets `550 5.7.1`;
+      "tempdata" is accepted at RCPT but its DATA gets `451 4.3.0` until `tempdata_ok` is set.
     - `data_reply` (if set) replaces the reply at the end of DATA, e.g. "554 5.7.0 Upstream says no".
     - Messages keep their exact bytes (CRLF, dot-stuffing undone)."""
 
     def __init__(self, data_reply: str | None = None, ehlo_extensions=None):
         self.port = free_port()
         self.data_reply = data_reply
+        self.tempdata_ok = False
         self.ehlo_extensions = ehlo_extensions or [
             "PIPELINING",
             "SIZE 104857600",
@@ -454,6 +456,11 @@ class PyUpstream:
                     if any(r.split("@", 1)[0].lower().startswith("baddata") for r in rcpts):
                         # Accepted at RCPT, refused for the content: a per-copy failure in a split.
                         await reply("550 5.7.1 Content refused for this mailbox")
+                    elif not self.tempdata_ok and any(
+                        r.split("@", 1)[0].lower().startswith("tempdata") for r in rcpts
+                    ):
+                        # A temporary per-copy failure: the split copy goes to the spool.
+                        await reply("451 4.3.0 Temporary failure for this mailbox, try later")
                     elif self.data_reply:
                         await reply(self.data_reply)
                     else:
