@@ -16,7 +16,7 @@ use crate::relay::{Upstream, UpstreamSession};
 use crate::reply::Reply;
 use crate::rewrite::plan::{plan, Plan, Refusal, Route, Send};
 use crate::rewrite::Rewriter;
-use outcome::{Outcome, Sent};
+use outcome::{Copies, Outcome, Sent};
 
 /// Attempts per split copy within the session before it counts as failed: a copy whose
 /// transaction broke is usually fine on a fresh connection a moment later.
@@ -29,6 +29,8 @@ pub struct Stages {
     pub audit: AuditLog,
     pub metrics: Observe,
     pub hostname: String,
+    /// Durable spool for copies still failing temporarily after the in-session attempts.
+    pub spool: Option<std::sync::Arc<crate::spool::Spool>>,
 }
 
 /// The policy and rewriter of one configuration snapshot (one per message, so a reload in the
@@ -201,8 +203,10 @@ async fn forward(held: &mut Option<UpstreamSession>, received: &str, send: &Send
     }
 }
 
-/// One single-recipient transaction per copy. Copies that fail with a temporary error are
-/// retried on a fresh connection; what still fails is reported to the sender.
+/// One single-recipient transaction per copy. A copy that fails with a temporary error is
+/// retried on a fresh connection; once any copy is out, a copy still failing temporarily goes
+/// to the durable spool (on disk before the client's 250), and only permanent failures (or a
+/// full spool) are reported to the sender. With no copy out, the client keeps the message (4xx).
 async fn split(
     stages: &Stages,
     job: &Job<'_>,
@@ -214,6 +218,7 @@ async fn split(
     reset_upstream(held).await;
     let mut accepted = 0usize;
     let mut failures: Vec<(String, Reply)> = Vec::new();
+    let mut pending = Vec::new();
     let mut last = None;
     for copy in copies {
         let Route::Single(rcpt) = &copy.route else {
@@ -248,9 +253,36 @@ async fn split(
         if reply.is_positive() {
             accepted += 1;
             last = Some((header_digest(&copy.message.header), reply));
+        } else if reply.is_transient() {
+            pending.push((rcpt.clone(), parts, reply, attempt));
         } else {
             failures.push((rcpt.clone(), reply));
         }
+    }
+    // Once a copy is out the message cannot be refused any more: a copy still failing
+    // temporarily goes to the durable spool (fsynced before the 250); only what cannot be
+    // spooled is reported to the sender. With no copy out, the client keeps the message (4xx).
+    let mut spooled = 0usize;
+    for (rcpt, parts, reply, attempts) in pending {
+        if let (true, Some(spool)) = (last.is_some(), stages.spool.as_ref()) {
+            let mut job = crate::spool::SpoolJob::from_parts(
+                &job.envelope.sender,
+                job.upstream_params,
+                &rcpt,
+                &parts,
+            );
+            job.attempts = attempts;
+            job.last_error = Some(reply.to_string());
+            match spool.enqueue(job).await {
+                Ok(id) => {
+                    tracing::info!(%id, "split copy spooled for retry");
+                    spooled += 1;
+                    continue;
+                }
+                Err(e) => tracing::error!("split copy not spooled: {e}"),
+            }
+        }
+        failures.push((rcpt, reply));
     }
     let total = copies.len();
     let Some((digest, upstream)) = last else {
@@ -267,7 +299,10 @@ async fn split(
                 upstream: Some(reply),
             },
         )
-        .copies(0, failures.len());
+        .copies(Copies {
+            failed: failures.len(),
+            ..Copies::default()
+        });
     };
     if !failures.is_empty() {
         // Some copies are out and cannot be recalled: accept, and tell the sender which failed.
@@ -290,7 +325,11 @@ async fn split(
         )
         .await;
     }
-    let text = if failures.is_empty() {
+    let text = if failures.is_empty() && spooled > 0 {
+        format!(
+            "Message split into {total} copies; {accepted} accepted, {spooled} queued for retry"
+        )
+    } else if failures.is_empty() {
         format!("Message split into {total} copies, one per recipient; all accepted by upstream")
     } else {
         format!(
@@ -302,11 +341,16 @@ async fn split(
         Reply::new(250, (2, 0, 0), text),
         Sent::Accepted { digest, upstream },
     )
-    .copies(accepted, failures.len())
+    .copies(Copies {
+        accepted,
+        spooled,
+        failed: failures.len(),
+    })
 }
 
 /// Sends a message the relay wrote itself, from the null sender so it can never bounce back.
-/// Best effort: the client's message is already delivered, so a failure is only logged.
+/// The client's message is already delivered, so this never changes its reply; a report the
+/// upstream does not take now goes to the spool rather than being lost.
 async fn send_generated(
     stages: &Stages,
     held: &mut Option<UpstreamSession>,
@@ -317,14 +361,31 @@ async fn send_generated(
     if to.is_empty() {
         return; // Never answer a bounce with a bounce.
     }
-    match stages
+    let why = match stages
         .upstream
         .send_single(held, "", "", to, &[message])
         .await
     {
-        Ok(r) if r.is_positive() => tracing::info!("{what} sent"),
-        Ok(r) => tracing::error!(reply = %r, "{what} refused by upstream"),
-        Err(e) => tracing::error!("{what} not sent: {e}"),
+        Ok(r) if r.is_positive() => {
+            tracing::info!("{what} sent");
+            return;
+        }
+        Ok(r) if r.is_permanent() => {
+            tracing::error!(reply = %r, "{what} refused by upstream");
+            return;
+        }
+        Ok(r) => r.to_string(),
+        Err(e) => e.to_string(),
+    };
+    let Some(spool) = stages.spool.as_ref() else {
+        tracing::error!("{what} not sent: {why}");
+        return;
+    };
+    let mut job = crate::spool::SpoolJob::from_parts("", "", to, &[message]);
+    job.last_error = Some(why.clone());
+    match spool.enqueue(job).await {
+        Ok(id) => tracing::info!(%id, "{what} spooled for retry ({why})"),
+        Err(e) => tracing::error!("{what} not sent ({why}) and not spooled: {e}"),
     }
 }
 

@@ -22,6 +22,13 @@ pub enum Sent {
     Accepted { digest: String, upstream: Reply },
 }
 
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Copies {
+    pub accepted: usize,
+    pub spooled: usize,
+    pub failed: usize,
+}
+
 #[derive(Debug)]
 pub struct Outcome {
     /// None when the message was refused before policy could decide (unreadable header).
@@ -36,8 +43,8 @@ pub struct Outcome {
     pub audit_failed: bool,
     /// Seq of the durable decision record written before forwarding.
     pub decision_seq: Option<u64>,
-    /// Split copies (accepted, failed).
-    pub copies: Option<(usize, usize)>,
+    /// Split copies: accepted now, spooled for retry (durable), failed for good.
+    pub copies: Option<Copies>,
 }
 
 impl Outcome {
@@ -85,8 +92,8 @@ impl Outcome {
         self
     }
 
-    pub fn copies(mut self, accepted: usize, failed: usize) -> Outcome {
-        self.copies = Some((accepted, failed));
+    pub fn copies(mut self, copies: Copies) -> Outcome {
+        self.copies = Some(copies);
         self
     }
 
@@ -254,7 +261,7 @@ async fn conclude(
         Sent::Refused { upstream } => upstream.as_ref(),
         Sent::Nothing => None,
     };
-    let (copies_ok, copies_failed) = outcome.copies.unwrap_or((0, 0));
+    let copies = outcome.copies.unwrap_or_default();
     tracing::info!(
         client = %job.client.peer.ip(),
         auth_user = job.client.auth_user.as_deref().unwrap_or("-"),
@@ -267,8 +274,9 @@ async fn conclude(
         visible = d.map_or(0, |d| d.visible.len()),
         visible_external = d.map_or(0, |d| d.visible_external),
         rcpts = job.envelope.recipients.len(),
-        copies_ok,
-        copies_failed,
+        copies_ok = copies.accepted,
+        copies_spooled = copies.spooled,
+        copies_failed = copies.failed,
         size,
         upstream = upstream.map_or_else(|| "-".to_string(), |r| r.to_string()),
         queue_id = upstream.and_then(|r| queue_id(&r.text)).unwrap_or("-"),

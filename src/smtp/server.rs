@@ -100,15 +100,22 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         ));
     }
     tracing::info!(policy_version = %live.policy.version(), "policy loaded:\n{}", live.policy.describe());
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (spool, spool_task) = crate::spool::start_for_serve(
+        &cfg,
+        upstream.clone(),
+        metrics.clone(),
+        shutdown_rx.clone(),
+    )?;
     let stages = Stages {
         upstream,
         audit,
         metrics: observe,
         hostname: cfg.server.hostname.clone(),
+        spool: Some(spool),
     };
     let shared = Arc::new(Shared::new(cfg, relay_networks, stages, live));
 
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let limit = Arc::new(Semaphore::new(shared.cfg.server.max_connections));
     let mut accept_loops = JoinSet::new();
     let sessions = Arc::new(tokio::sync::Mutex::new(JoinSet::new()));
@@ -144,6 +151,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         );
         sessions.shutdown().await;
     }
+    let _ = spool_task.await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -179,6 +187,13 @@ async fn spawn_metrics_endpoint(
         shared.cfg.audit.path.display().to_string(),
         Arc::new(move || audit_shared.stages.audit.is_writable()),
     );
+    let health = match &shared.stages.spool {
+        Some(spool) => {
+            let (status, max_age) = spool.health_probe();
+            health.spool(status, max_age)
+        }
+        None => health,
+    };
     tracing::info!(address, "metrics at /metrics, readiness at /healthz");
     tokio::spawn(async move {
         if let Err(e) = crate::metrics::serve(socket, metrics, Arc::new(health), shutdown).await {
@@ -252,6 +267,9 @@ fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str> {
     }
     if differs(&running.metrics, &new.metrics) {
         changed.push("[metrics]");
+    }
+    if differs(&running.spool, &new.spool) {
+        changed.push("[spool]");
     }
     changed
 }
