@@ -128,6 +128,9 @@ impl fmt::Display for RejectReason {
     }
 }
 
+/// Values of the `result` label of `bccguard_auth_attempts_total`.
+const AUTH_RESULTS: [&str; 3] = ["ok", "failed", "blocked"];
+
 /// Which side of the relay a TLS handshake was on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TlsSide {
@@ -197,6 +200,16 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
     version: &'static str,
 }
@@ -214,6 +227,9 @@ pub struct Metrics {
     tls_handshakes: Family<TlsLabels, Counter>,
     rejected: Family<ReasonLabels, Counter>,
     inflight_bytes: Gauge,
+    auth_cache: Family<ResultLabels, Counter>,
+    auth_attempts: Family<ResultLabels, Counter>,
+    tls_sessions: Family<KindLabels, Counter>,
 }
 
 impl fmt::Debug for Metrics {
@@ -242,6 +258,9 @@ impl Metrics {
             tls_handshakes: Family::default(),
             rejected: Family::default(),
             inflight_bytes: Gauge::default(),
+            auth_cache: Family::default(),
+            auth_attempts: Family::default(),
+            tls_sessions: Family::default(),
         };
         // prometheus-client appends `_info`: this is `bccguard_build_info`.
         m.registry.register(
@@ -296,6 +315,30 @@ impl Metrics {
             "Bytes of messages currently held in memory",
             m.inflight_bytes.clone(),
         );
+        m.registry.register(
+            "auth_cache",
+            "AUTH credential cache lookups, by result (hit: no password hash needed, miss)",
+            m.auth_cache.clone(),
+        );
+        m.registry.register(
+            "auth_attempts",
+            "AUTH attempts, by result (ok, failed, blocked: client or user temporarily blocked)",
+            m.auth_attempts.clone(),
+        );
+        m.registry.register(
+            "tls_inbound_sessions",
+            "Inbound TLS handshakes completed, by kind (full, resumed)",
+            m.tls_sessions.clone(),
+        );
+        for result in ["hit", "miss"] {
+            let _ = m.auth_cache.get_or_create(&ResultLabels { result });
+        }
+        for result in AUTH_RESULTS {
+            let _ = m.auth_attempts.get_or_create(&ResultLabels { result });
+        }
+        for kind in ["full", "resumed"] {
+            let _ = m.tls_sessions.get_or_create(&KindLabels { kind });
+        }
         // Series with fixed label values exist from the start, so rate() and alerts see a 0
         // instead of a missing series until the first event.
         for reason in RejectReason::ALL {
@@ -409,6 +452,29 @@ impl Metrics {
                 result: if ok { "ok" } else { "failed" },
             })
             .inc();
+    }
+
+    /// One AUTH credential cache lookup.
+    pub fn auth_cache(&self, hit: bool) {
+        let result = if hit { "hit" } else { "miss" };
+        self.auth_cache
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// One AUTH attempt answered: `result` is one of `ok`, `failed`, `blocked`.
+    pub fn auth_attempt(&self, result: &str) {
+        if let Some(result) = AUTH_RESULTS.into_iter().find(|r| *r == result) {
+            self.auth_attempts
+                .get_or_create(&ResultLabels { result })
+                .inc();
+        }
+    }
+
+    /// An inbound TLS handshake completed, resuming an earlier session or not.
+    pub fn tls_session(&self, resumed: bool) {
+        let kind = if resumed { "resumed" } else { "full" };
+        self.tls_sessions.get_or_create(&KindLabels { kind }).inc();
     }
 
     /// Something was refused for `reason`.

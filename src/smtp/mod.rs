@@ -2,6 +2,7 @@
 //! machine, AUTH, strict DATA/BDAT reception, limits and timeouts, graceful shutdown.
 
 pub mod auth;
+pub mod auth_guard;
 pub mod data;
 pub mod delivery;
 pub mod observe;

@@ -18,9 +18,8 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
-use super::auth::Users;
+use super::auth::AuthService;
 use super::observe::Observe;
-use crate::reply::Reply;
 use super::session::Session;
 use super::stream::Conn;
 use crate::audit::AuditLog;
@@ -28,6 +27,7 @@ use crate::config::{Config, ListenerConfig, TlsMode};
 use crate::metrics::RejectReason;
 use crate::policy::Policy;
 use crate::relay::Upstream;
+use crate::reply::Reply;
 use crate::rewrite::Rewriter;
 
 /// What SIGHUP replaces: policy, rewriter (DKIM key), TLS certificates and the users file.
@@ -35,7 +35,7 @@ pub struct Live {
     pub policy: Policy,
     pub rewriter: Rewriter,
     pub tls: Option<TlsAcceptor>,
-    pub users: Option<Users>,
+    pub users: Option<AuthService>, // auth: cache per users-file generation, limits process-wide
 }
 
 impl Live {
@@ -47,7 +47,7 @@ impl Live {
             .auth
             .users_file
             .as_deref()
-            .map(Users::load)
+            .map(|path| AuthService::load(path, &cfg.auth)) // auth
             .transpose()?;
         Ok(Live {
             policy,
@@ -414,6 +414,9 @@ async fn serve_connection(
         match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
             Ok(Ok(tls)) => {
                 shared.metrics.tls_handshake(true);
+                shared
+                    .metrics
+                    .tls_session(super::tls::resumed(tls.get_ref().1)); // auth
                 Conn::Tls(Box::new(tls))
             }
             Ok(Err(e)) => {

@@ -12,14 +12,15 @@ use smtp_proto::{Request, AUTH_LOGIN, AUTH_PLAIN, MAIL_BODY_8BITMIME, MAIL_SMTPU
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
+use super::auth::AuthVerdict;
 use super::data::{ChunkChecker, DataError, DataReader, Feed};
 use super::observe::InFlight;
-use crate::reply::Reply;
 use super::server::{Listener, Shared};
 use super::stream::Conn;
 use crate::config::AuthRequirement;
 use crate::metrics::RejectReason;
 use crate::relay::UpstreamSession;
+use crate::reply::Reply;
 
 /// Longest command line we accept (RFC 5321 allows 512; extensions make real ones longer).
 const MAX_COMMAND_LINE: usize = 4096;
@@ -457,6 +458,8 @@ impl Session {
         {
             Ok(Ok(tls)) => {
                 self.shared.metrics.tls_handshake(true);
+                let resumed = super::tls::resumed(tls.get_ref().1); // auth: resumption metric
+                self.shared.metrics.tls_session(resumed);
                 self.conn = Some(Conn::Tls(Box::new(tls)));
             }
             Ok(Err(e)) => {
@@ -562,20 +565,33 @@ impl Session {
             self.queue(&Reply::new(501, (5, 5, 2), "Malformed credentials"));
             return Ok(());
         };
-        let users = self.shared.live().users.clone();
-        let ok = match users {
-            Some(users) => users.verify(&user, &password).await,
-            None => false,
+        // auth: limits, cache and the failure log line live in AuthService::verify.
+        let verdict = match self.shared.live().users.clone() {
+            Some(users) => {
+                let observe = &self.shared.metrics;
+                users
+                    .verify(self.peer.ip(), &user, &password, observe)
+                    .await
+            }
+            None => AuthVerdict::Failed,
         };
-        if ok {
-            tracing::info!(user = %user, "authenticated");
+        if verdict == AuthVerdict::Blocked {
+            self.auth_failures += 1;
+            self.queue(&super::auth::blocked_reply());
+            if self.auth_failures >= MAX_AUTH_FAILURES {
+                return Err(End::TooManyErrors);
+            }
+            return Ok(());
+        }
+        if verdict == AuthVerdict::Ok {
+            tracing::info!(user = %super::auth::escape(&user), "authenticated");
             self.auth_user = Some(user);
             self.queue(&Reply::new(235, (2, 7, 0), "Authentication successful"));
             return Ok(());
         }
         self.auth_failures += 1;
         self.shared.metrics.rejected(RejectReason::AuthFailed);
-        tracing::info!(user = %user, failures = self.auth_failures, "authentication failed");
+        tracing::info!(user = %super::auth::escape(&user), failures = self.auth_failures, "authentication failed");
         self.queue(&Reply::new(
             535,
             (5, 7, 8),
