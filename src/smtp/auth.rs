@@ -193,7 +193,7 @@ impl AuthService {
         if self.cache.hit(user, password) {
             observe.auth_cache(true);
             observe.auth_result("ok");
-            self.guard.succeeded(user);
+            self.guard.succeeded(key, user);
             return AuthVerdict::Ok;
         }
         if self.cache.enabled() {
@@ -212,7 +212,7 @@ impl AuthService {
         self.guard.release_client_slot(key, client_slot);
         if ok {
             self.cache.remember(user, password);
-            self.guard.succeeded(user);
+            self.guard.succeeded(key, user);
             observe.auth_result("ok");
             return AuthVerdict::Ok;
         }

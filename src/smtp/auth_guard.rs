@@ -20,6 +20,11 @@ use crate::config::AuthConfig;
 const MAX_TRACKED: usize = 65_536;
 /// Usernames are tracked by at most this many bytes: a peer chooses them.
 const MAX_USER_KEY: usize = 256;
+/// A username block spares the addresses that user logged in from within this long, so an
+/// attack on an account does not lock its owner out of their usual places.
+const KNOWN_CLIENT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// Known addresses remembered per user (oldest dropped first).
+const MAX_KNOWN_CLIENTS: usize = 16;
 
 /// The limits, from `[auth]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +82,8 @@ struct Record {
     /// Failure times inside the window (oldest first), at most the largest threshold + 1 kept.
     failures: Vec<Instant>,
     blocked_until: Option<Instant>,
+    /// User records only: addresses with a recent successful login as this user.
+    known: Vec<(ClientKey, Instant)>,
 }
 
 impl Record {
@@ -108,7 +115,28 @@ impl Record {
     }
 
     fn idle(&self, now: Instant) -> bool {
-        self.failures.is_empty() && !self.is_blocked(now)
+        self.failures.is_empty() && !self.is_blocked(now) && !self.knows_any(now)
+    }
+
+    fn knows_any(&self, now: Instant) -> bool {
+        self.known
+            .iter()
+            .any(|(_, t)| now.duration_since(*t) < KNOWN_CLIENT_TTL)
+    }
+
+    fn knows(&self, client: ClientKey, now: Instant) -> bool {
+        self.known
+            .iter()
+            .any(|(c, t)| *c == client && now.duration_since(*t) < KNOWN_CLIENT_TTL)
+    }
+
+    fn remember(&mut self, client: ClientKey, now: Instant) {
+        self.known
+            .retain(|(c, t)| *c != client && now.duration_since(*t) < KNOWN_CLIENT_TTL);
+        if self.known.len() >= MAX_KNOWN_CLIENTS {
+            self.known.remove(0);
+        }
+        self.known.push((client, now));
     }
 }
 
@@ -222,7 +250,8 @@ impl AuthGuard {
         self.tables.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Is this client or this username blocked right now?
+    /// Is this client, or this username for this client, blocked right now? A blocked username
+    /// stays open to the addresses its owner recently logged in from.
     pub fn blocked(&self, client: ClientKey, user: &str) -> Option<BlockedBy> {
         let now = Instant::now();
         let t = self.tables();
@@ -231,7 +260,7 @@ impl AuthGuard {
         }
         if t.users
             .get(user_key(user))
-            .is_some_and(|r| r.is_blocked(now))
+            .is_some_and(|r| r.is_blocked(now) && !r.knows(client, now))
         {
             return Some(BlockedBy::User);
         }
@@ -302,16 +331,21 @@ impl AuthGuard {
         }
     }
 
-    /// A correct password: the username's failures are forgotten (the client's are not, so one
-    /// known account cannot be used to wash out guessing against others).
-    pub fn succeeded(&self, user: &str) {
+    /// A correct password: the username's failures are forgotten unless it is blocked (the
+    /// client's are not, so one known account cannot wash out guessing against others), and
+    /// the client becomes a known address of the user.
+    pub fn succeeded(&self, client: ClientKey, user: &str) {
         let now = Instant::now();
         let mut t = self.tables();
-        if let Some(r) = t.users.get_mut(user_key(user)) {
-            if !r.is_blocked(now) {
-                t.users.remove(user_key(user));
-            }
+        let key = user_key(user).to_string();
+        if !room_for(&mut t.users, &key, now) {
+            return;
         }
+        let r = t.users.entry(key).or_default();
+        if !r.is_blocked(now) {
+            r.failures.clear();
+        }
+        r.remember(client, now);
     }
 
     /// Clients currently blocked (for tests and logs).
@@ -373,17 +407,23 @@ mod tests {
         }
         let c = ClientKey::of("203.0.113.1".parse().unwrap());
         assert_eq!(g.blocked(c, "alice"), None);
-        g.succeeded("alice");
+        g.succeeded(c, "alice");
         for i in 0..7u8 {
             g.failed(ClientKey::of(IpAddr::from([198, 51, 100, i])), "alice");
         }
         assert_eq!(g.blocked(c, "alice"), None, "success reset the count");
-        g.failed(c, "alice");
-        assert_eq!(g.blocked(c, "alice"), Some(BlockedBy::User));
-        assert_eq!(g.blocked(c, "bob"), None);
-        g.succeeded("alice");
+        let stranger = ClientKey::of("203.0.113.2".parse().unwrap());
+        g.failed(stranger, "alice");
+        assert_eq!(g.blocked(stranger, "alice"), Some(BlockedBy::User));
+        assert_eq!(g.blocked(stranger, "bob"), None);
         assert_eq!(
             g.blocked(c, "alice"),
+            None,
+            "the owner's usual address is not locked out"
+        );
+        g.succeeded(c, "alice");
+        assert_eq!(
+            g.blocked(stranger, "alice"),
             Some(BlockedBy::User),
             "a block is not lifted by a success"
         );
