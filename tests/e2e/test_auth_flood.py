@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import re
 import subprocess
 import threading
@@ -186,7 +187,8 @@ def test_auth_flood_keeps_memory_bounded_and_legit_client_served(make_relay, bcc
     assert stats["broke_in"] == 0
     assert hwm < RSS_LIMIT_MB, f"relay peak RSS {hwm} MB during the flood (limit {RSS_LIMIT_MB})"
     # Hash threads are bounded by the cores; tokio's workers and a few helpers come on top.
-    assert sampler.max_threads < 40, f"{sampler.max_threads} threads during the flood"
+    limit = before["Threads"] + (os.cpu_count() or 2) + 8
+    assert sampler.max_threads <= limit, f"{sampler.max_threads} threads during the flood (limit {limit})"
     # Attack addresses got blocked: most attempts were refused without a hash (454 4.7.0).
     assert stats.get(454, 0) > stats["sent"] // 2, stats
     _, metrics = http_get(relay.metrics_url + "/metrics")
