@@ -54,10 +54,22 @@ impl Users {
     /// Verifies a password without blocking the runtime. Unknown users cost the same as known ones
     /// so timing does not reveal which accounts exist. No limits: see [`AuthService::verify`].
     pub async fn verify(&self, user: &str, password: &str) -> bool {
+        self.check(user, password, None).await
+    }
+
+    /// [`Users::verify`] holding `permit` until the hash is done, inside the blocking thread, so
+    /// the concurrency bound holds even if the waiting task is dropped.
+    async fn check(
+        &self,
+        user: &str,
+        password: &str,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> bool {
         let known = self.hashes.get(user).cloned();
         let hash = known.clone().unwrap_or_else(|| dummy_hash().to_string());
         let password = password.to_string();
         let ok = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             PasswordHash::new(&hash)
                 .map(|parsed| {
                     Argon2::default()
@@ -205,10 +217,8 @@ impl AuthService {
             self.guard.release_client_slot(key, client_slot);
             return self.refuse_blocked(key, user, by, observe);
         }
-        let ok = {
-            let _hash_slot = self.guard.hash_slot().await;
-            self.users.verify(user, password).await
-        };
+        let hash_slot = self.guard.hash_slot().await;
+        let ok = self.users.check(user, password, hash_slot).await;
         self.guard.release_client_slot(key, client_slot);
         if ok {
             self.cache.remember(user, password);
