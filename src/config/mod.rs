@@ -91,16 +91,6 @@ pub struct ServerConfig {
     pub min_data_rate: u64,
 }
 
-impl Default for AuthConfig {
-    fn default() -> AuthConfig {
-        AuthConfig {
-            users_file: None,
-            enforce_sender_login: true,
-            senders: Default::default(),
-        }
-    }
-}
-
 fn default_max_connections_per_client() -> usize {
     50
 }
@@ -186,6 +176,15 @@ impl ListenerConfig {
 pub struct TlsConfig {
     pub certificate: PathBuf,
     pub private_key: PathBuf,
+    /// How long a returning client may resume its TLS session (session tickets and the server
+    /// session cache); 0 turns resumption off. Capped at 6 hours (ticket key rotation).
+    #[serde(default = "default_tls_session_lifetime")]
+    pub session_ticket_lifetime_seconds: u64,
+}
+
+fn default_tls_session_lifetime() -> u64 {
+    // Postfix smtpd_tls_session_cache_timeout.
+    3600
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -204,6 +203,79 @@ pub struct AuthConfig {
     /// `alice = ["alice@example.org", "press@example.org"]`.
     #[serde(default)]
     pub senders: std::collections::BTreeMap<String, Vec<String>>,
+    /// How long a verified user+password is remembered (keyed digest) so a returning client
+    /// skips argon2; 0 = always hash. Emptied when the users file is reloaded.
+    #[serde(default = "default_auth_cache_ttl")]
+    pub cache_ttl_seconds: u64,
+    /// Password hashes computed at once (each argon2 check holds about 19 MiB); 0 = one per core.
+    #[serde(default)]
+    pub max_concurrent_checks: usize,
+    /// Hash checks one client address (IPv6: its /64) may have queued or running at once.
+    #[serde(default = "default_auth_client_concurrency")]
+    pub client_concurrent_checks: usize,
+    /// Failures are counted over this sliding window.
+    #[serde(default = "default_auth_failure_window")]
+    pub failure_window_seconds: u64,
+    /// Failures (per client address or user) answered at once; each later failure waits twice as
+    /// long as the one before (1 s, 2 s, 4 s, ...) up to `max_failure_delay_seconds`.
+    #[serde(default = "default_auth_free_failures")]
+    pub free_failures: u32,
+    #[serde(default = "default_auth_max_delay")]
+    pub max_failure_delay_seconds: u64,
+    /// Failures from one client address within the window before it is blocked; 0 = never.
+    #[serde(default = "default_auth_client_block")]
+    pub client_block_after_failures: u32,
+    /// Failures for one username (from anywhere) within the window before AUTH as that user is
+    /// refused; 0 = never. Higher than the client limit: it also locks out the real user.
+    #[serde(default = "default_auth_user_block")]
+    pub user_block_after_failures: u32,
+    /// How long a block lasts.
+    #[serde(default = "default_auth_block_seconds")]
+    pub block_seconds: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            users_file: None,
+            enforce_sender_login: true,
+            senders: Default::default(),
+            cache_ttl_seconds: default_auth_cache_ttl(),
+            max_concurrent_checks: 0,
+            client_concurrent_checks: default_auth_client_concurrency(),
+            failure_window_seconds: default_auth_failure_window(),
+            free_failures: default_auth_free_failures(),
+            max_failure_delay_seconds: default_auth_max_delay(),
+            client_block_after_failures: default_auth_client_block(),
+            user_block_after_failures: default_auth_user_block(),
+            block_seconds: default_auth_block_seconds(),
+        }
+    }
+}
+
+fn default_auth_cache_ttl() -> u64 {
+    3600
+}
+fn default_auth_client_concurrency() -> usize {
+    2
+}
+fn default_auth_failure_window() -> u64 {
+    600
+}
+fn default_auth_free_failures() -> u32 {
+    1
+}
+fn default_auth_max_delay() -> u64 {
+    16
+}
+fn default_auth_client_block() -> u32 {
+    10
+}
+fn default_auth_user_block() -> u32 {
+    20
+}
+fn default_auth_block_seconds() -> u64 {
+    600
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -690,6 +762,15 @@ impl Config {
         )
         .map_err(|why| self.invalid("server.relay_networks", format!("open relay: {why}")))?;
         self.check_users_file()?;
+        if self.auth.client_concurrent_checks == 0 {
+            return Err(self.invalid(
+                "auth.client_concurrent_checks",
+                "must be above 0 (it bounds queued password checks per client, 0 would refuse every login)",
+            ));
+        }
+        if self.auth.failure_window_seconds == 0 {
+            return Err(self.invalid("auth.failure_window_seconds", "must be above 0"));
+        }
         if self.listeners.is_empty() {
             return Err(self.invalid("listener", "at least one [[listener]] is needed"));
         }

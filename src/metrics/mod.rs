@@ -176,6 +176,8 @@ impl SpoolEvent {
         }
     }
 }
+/// Values of the `result` label of `bccguard_auth_attempts_total`.
+const AUTH_RESULTS: [&str; 3] = ["ok", "failed", "blocked"];
 
 /// Which side of the relay a TLS handshake was on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -251,6 +253,16 @@ struct SpoolEventLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
     version: &'static str,
 }
@@ -272,6 +284,9 @@ pub struct Metrics {
     spool_bytes: Gauge,
     spool_oldest_age_seconds: Gauge,
     spool_events: Family<SpoolEventLabels, Counter>,
+    auth_cache: Family<ResultLabels, Counter>,
+    auth_attempts: Family<ResultLabels, Counter>,
+    tls_sessions: Family<KindLabels, Counter>,
 }
 
 impl fmt::Debug for Metrics {
@@ -304,6 +319,9 @@ impl Metrics {
             spool_bytes: Gauge::default(),
             spool_oldest_age_seconds: Gauge::default(),
             spool_events: Family::default(),
+            auth_cache: Family::default(),
+            auth_attempts: Family::default(),
+            tls_sessions: Family::default(),
         };
         // prometheus-client appends `_info`: this is `bccguard_build_info`.
         m.registry.register(
@@ -382,6 +400,30 @@ impl Metrics {
             let _ = m.spool_events.get_or_create(&SpoolEventLabels {
                 event: event.as_str(),
             });
+        }
+        m.registry.register(
+            "auth_cache",
+            "AUTH credential cache lookups, by result (hit: no password hash needed, miss)",
+            m.auth_cache.clone(),
+        );
+        m.registry.register(
+            "auth_attempts",
+            "AUTH attempts, by result (ok, failed, blocked: client or user temporarily blocked)",
+            m.auth_attempts.clone(),
+        );
+        m.registry.register(
+            "tls_inbound_sessions",
+            "Inbound TLS handshakes completed, by kind (full, resumed)",
+            m.tls_sessions.clone(),
+        );
+        for result in ["hit", "miss"] {
+            let _ = m.auth_cache.get_or_create(&ResultLabels { result });
+        }
+        for result in AUTH_RESULTS {
+            let _ = m.auth_attempts.get_or_create(&ResultLabels { result });
+        }
+        for kind in ["full", "resumed"] {
+            let _ = m.tls_sessions.get_or_create(&KindLabels { kind });
         }
         // Series with fixed label values exist from the start, so rate() and alerts see a 0
         // instead of a missing series until the first event.
@@ -496,6 +538,29 @@ impl Metrics {
                 result: if ok { "ok" } else { "failed" },
             })
             .inc();
+    }
+
+    /// One AUTH credential cache lookup.
+    pub fn auth_cache(&self, hit: bool) {
+        let result = if hit { "hit" } else { "miss" };
+        self.auth_cache
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// One AUTH attempt answered: `result` is one of `ok`, `failed`, `blocked`.
+    pub fn auth_attempt(&self, result: &str) {
+        if let Some(result) = AUTH_RESULTS.into_iter().find(|r| *r == result) {
+            self.auth_attempts
+                .get_or_create(&ResultLabels { result })
+                .inc();
+        }
+    }
+
+    /// An inbound TLS handshake completed, resuming an earlier session or not.
+    pub fn tls_session(&self, resumed: bool) {
+        let kind = if resumed { "resumed" } else { "full" };
+        self.tls_sessions.get_or_create(&KindLabels { kind }).inc();
     }
 
     /// Something was refused for `reason`.

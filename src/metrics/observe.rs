@@ -48,6 +48,27 @@ impl Observe {
         }
     }
 
+    /// AUTH credential cache lookup (see `auth::AuthService`).
+    pub fn auth_cache(&self, hit: bool) {
+        if let Some(m) = &self.metrics {
+            m.auth_cache(hit);
+        }
+    }
+
+    /// AUTH attempt outcome: `ok`, `failed` or `blocked`.
+    pub fn auth_result(&self, result: &str) {
+        if let Some(m) = &self.metrics {
+            m.auth_attempt(result);
+        }
+    }
+
+    /// An inbound TLS handshake completed; `resumed` = an earlier session was resumed.
+    pub fn tls_session(&self, resumed: bool) {
+        if let Some(m) = &self.metrics {
+            m.tls_session(resumed);
+        }
+    }
+
     pub fn rejected(&self, reason: RejectReason) {
         if let Some(m) = &self.metrics {
             m.rejected(reason);

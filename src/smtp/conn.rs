@@ -77,6 +77,14 @@ impl<S: Io> Conn<S> {
         matches!(self.stream, Some(Stream::Tls(_)))
     }
 
+    /// Whether the TLS session was resumed from an earlier one (None in cleartext).
+    pub fn tls_resumed(&self) -> Option<bool> {
+        match &self.stream {
+            Some(Stream::Tls(tls)) => Some(super::tls::resumed(tls.get_ref().1)),
+            _ => None,
+        }
+    }
+
     pub fn queue(&mut self, reply: &Reply) {
         self.output.extend_from_slice(&reply.to_wire());
     }

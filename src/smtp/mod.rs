@@ -5,6 +5,7 @@
 //! leaves the front end as a [`crate::message::Message`] for [`crate::deliver`].
 
 pub mod auth;
+pub mod auth_guard;
 pub mod conn;
 pub mod data;
 pub mod limits;

@@ -386,6 +386,7 @@ async fn serve_connection(
         match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
             Ok(Ok(tls)) => {
                 metrics.tls_handshake(true);
+                metrics.tls_session(super::tls::resumed(tls.get_ref().1));
                 Stream::Tls(Box::new(tls))
             }
             Ok(Err(e)) => {

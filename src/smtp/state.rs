@@ -8,7 +8,7 @@ use anyhow::Context;
 use ipnet::IpNet;
 use tokio_rustls::TlsAcceptor;
 
-use super::auth::Users;
+use super::auth::AuthService;
 use super::limits::ClientConnections;
 use crate::config::{Config, ListenerConfig};
 use crate::deliver::{Rules, Stages};
@@ -20,7 +20,8 @@ pub struct Live {
     pub policy: Policy,
     pub rewriter: Rewriter,
     pub tls: Option<TlsAcceptor>,
-    pub users: Option<Users>,
+    /// Credentials, with the verified-login cache of this users-file generation.
+    pub users: Option<AuthService>,
 }
 
 impl Live {
@@ -32,7 +33,7 @@ impl Live {
             .auth
             .users_file
             .as_deref()
-            .map(Users::load)
+            .map(|path| AuthService::load(path, &cfg.auth))
             .transpose()?;
         Ok(Live {
             policy,

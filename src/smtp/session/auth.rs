@@ -8,6 +8,7 @@ use super::{End, Flow, Io, Line, Phase, Session};
 use crate::config::AuthRequirement;
 use crate::metrics::RejectReason;
 use crate::reply::Reply;
+use crate::smtp::auth::{blocked_reply, escape, AuthVerdict};
 
 const MAX_AUTH_FAILURES: u32 = 3;
 
@@ -62,20 +63,28 @@ impl<S: Io> Session<S> {
         let Some((user, password)) = credentials else {
             return Ok(Reply::new(501, (5, 5, 2), "Malformed credentials").into());
         };
-        let users = self.shared.live().users.clone();
-        let ok = match users {
-            Some(users) => users.verify(&user, &password).await,
-            None => false,
+        // Limits, the verified-login cache and the failure log line live in AuthService::verify.
+        let verdict = match self.shared.live().users.clone() {
+            Some(users) => {
+                users
+                    .verify(self.peer.ip(), &user, &password, self.metrics())
+                    .await
+            }
+            None => AuthVerdict::Failed,
         };
-        if ok {
-            tracing::info!(user = %user, "authenticated");
-            self.auth_user = Some(user);
-            return Ok(Reply::new(235, (2, 7, 0), "Authentication successful").into());
-        }
+        let reply = match verdict {
+            AuthVerdict::Ok => {
+                tracing::info!(user = %escape(&user), "authenticated");
+                self.auth_user = Some(user);
+                return Ok(Reply::new(235, (2, 7, 0), "Authentication successful").into());
+            }
+            AuthVerdict::Blocked => blocked_reply(),
+            AuthVerdict::Failed => {
+                self.metrics().rejected(RejectReason::AuthFailed);
+                Reply::new(535, (5, 7, 8), "Authentication credentials invalid")
+            }
+        };
         self.auth_failures += 1;
-        self.metrics().rejected(RejectReason::AuthFailed);
-        tracing::info!(client = %self.peer.ip(), user = %user, failures = self.auth_failures, "authentication failed");
-        let reply = Reply::new(535, (5, 7, 8), "Authentication credentials invalid");
         if self.auth_failures >= MAX_AUTH_FAILURES {
             return Ok(Flow::Close(reply, End::TooManyErrors));
         }

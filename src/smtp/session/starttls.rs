@@ -23,6 +23,9 @@ impl<S: Io> Session<S> {
         let upgraded = self.conn.start_tls(&acceptor, self.command_timeout()).await;
         self.metrics().tls_handshake(upgraded.is_ok());
         upgraded?;
+        if let Some(resumed) = self.conn.tls_resumed() {
+            self.metrics().tls_session(resumed);
+        }
         // RFC 3207 4.2: forget everything learnt before TLS.
         self.abort_transaction().await;
         self.phase = Phase::Greeted;
