@@ -27,6 +27,7 @@ fn cfg_in(dir: &Path, recipients: RecipientStorage, rotate_bytes: u64) -> AuditC
         hmac_key_file: dir.join("keys/audit.key"),
         log_accepts: false,
         rotate_bytes,
+        new_key: false,
     }
 }
 
@@ -135,7 +136,10 @@ fn intact_log_has_documented_fields_and_verifies() {
     assert!(!text.to_lowercase().contains("carol"));
     assert!(text.contains("alice@example.org"), "sender is kept as-is");
     // The hash member is last and the field order is fixed.
-    assert!(ls[0].starts_with("{\"time\":\"") && ls[0].contains(",\"seq\":1,\"session\":"));
+    assert!(
+        ls[0].starts_with("{\"time\":\"")
+            && ls[0].contains(",\"seq\":1,\"kind\":\"record\",\"session\":")
+    );
     assert!(ls[0].ends_with(&format!(",\"hash\":\"{}\"}}", first.hash)));
     let second: Record = serde_json::from_str(&ls[1]).unwrap();
     assert_eq!(second.prev, first.hash);

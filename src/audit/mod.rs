@@ -69,6 +69,7 @@
 //! or with [`AuditLog::stats`] to catch a truncation. Nothing here logs an address through
 //! `tracing`: the sender and the recipients go into the audit file only.
 
+mod bound;
 mod pseudonym;
 mod reader;
 mod record;
@@ -84,13 +85,18 @@ use tokio::sync::oneshot;
 
 use crate::config::{Action, AuditConfig, Mode, RecipientStorage};
 
+pub use bound::{recipients_digest, LISTED_WHEN_SUMMARISED, MAX_RECORD_BYTES};
 pub use pseudonym::{normalise as normalise_address, HmacKey, KeyError, PREFIX as HMAC_PREFIX};
 pub use reader::{
     file_set, for_each_record, is_live, rotated_files, snapshot, torn_files, verify, ChainBreak,
     Entry, VerifyError, VerifyReport,
 };
-pub use record::{check_line, Record, GENESIS};
-pub use writer::PROBE_INTERVAL;
+pub use reader::{for_each_entry, AnyEntry};
+pub use record::{
+    check_line, AnyRecord, KeyRecord, Kind, OutcomeRecord, OutcomeResult, RecipientSummary, Record,
+    GENESIS,
+};
+pub use writer::{log_has_records, PROBE_INTERVAL};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -106,6 +112,14 @@ pub enum AuditError {
     Locked(String),
     #[error("audit log unavailable: {0}")]
     Unavailable(String),
+    #[error(
+        "audit HMAC key file {key_file} is missing, but the audit log {log} already has records \
+         whose recipients were pseudonymised under it. Restore the key file from a backup. To \
+         start a new key on purpose instead (older records can then no longer be found by \
+         recipient), set audit.new_key = true (or BCCGUARD__AUDIT__NEW_KEY=true) for one start; \
+         the change is recorded in the log"
+    )]
+    KeyMissing { key_file: String, log: String },
 }
 
 /// What the delivery stage knows about one message when it is done.
@@ -130,6 +144,18 @@ pub struct AuditEvent {
     pub upstream: Option<String>,
     pub header_digest_original: String,
     pub header_digest_forwarded: Option<String>,
+}
+
+/// What became of a decision (see [`AuditLog::record_decision`]).
+#[derive(Debug, Clone)]
+pub struct AuditOutcome {
+    /// The seq `record_decision` returned.
+    pub decision_seq: u64,
+    pub session: String,
+    /// The upstream's reply (for a split: a summary of the copies), None when nothing was sent.
+    pub upstream: Option<String>,
+    pub header_digest_forwarded: Option<String>,
+    pub result: OutcomeResult,
 }
 
 /// A snapshot of the writer's counters, for metrics and health.
@@ -231,18 +257,45 @@ impl AuditLog {
             .map_err(|_| AuditError::Unavailable("audit writer thread stopped".into()))
     }
 
-    /// Appends one record and returns once it is fsynced; returns its sequence number.
+    /// Appends a complete one-shot record (`kind` `record`: the message was refused here,
+    /// nothing was forwarded) and returns its seq once it is fsynced.
     pub async fn record(&self, event: AuditEvent) -> Result<u64, AuditError> {
+        self.append_event(event, Kind::Record).await
+    }
+
+    /// Appends the decision for a message about to be forwarded (`kind` `decision`) and
+    /// returns its seq once it is fsynced. Call it before anything is handed to the upstream;
+    /// on Err forward nothing and answer `451 4.3.0`. `Ok` means the line is on disk.
+    pub async fn record_decision(&self, event: AuditEvent) -> Result<u64, AuditError> {
+        self.append_event(event, Kind::Decision).await
+    }
+
+    /// Appends what became of a decision (`kind` `outcome`) once the upstream answered (or the
+    /// copies were spooled). An Err here cannot be undone for the client any more (the upstream
+    /// has the message); `audit verify` then lists the decision as one without an outcome.
+    pub async fn record_outcome(&self, outcome: AuditOutcome) -> Result<u64, AuditError> {
+        self.append(writer::Entry::Outcome(outcome)).await
+    }
+
+    async fn append_event(&self, event: AuditEvent, kind: Kind) -> Result<u64, AuditError> {
         let policy_version = Arc::clone(
             &self
                 .policy_version
                 .read()
                 .unwrap_or_else(|poisoned| poisoned.into_inner()),
         );
+        self.append(writer::Entry::Event {
+            event,
+            kind,
+            policy_version,
+        })
+        .await
+    }
+
+    async fn append(&self, entry: writer::Entry) -> Result<u64, AuditError> {
         let (reply, rx) = oneshot::channel();
         self.send(writer::Msg::Record(Box::new(writer::Pending {
-            event,
-            policy_version,
+            entry,
             reply,
         })))?;
         rx.await

@@ -115,15 +115,48 @@ impl HmacKey {
         Ok(HmacKey(key))
     }
 
-    /// `hmac:<hex>` for one address, normalised first.
-    pub fn pseudonym(&self, address: &str) -> String {
+    fn keyed(&self) -> Hmac<Sha256> {
         // new_from_slice only fails for fixed-size MACs; HMAC takes any key length.
-        let mut mac = match <Hmac<Sha256> as Mac>::new_from_slice(&self.0) {
+        match <Hmac<Sha256> as Mac>::new_from_slice(&self.0) {
             Ok(m) => m,
             Err(_) => unreachable!("HMAC accepts keys of any length"),
-        };
+        }
+    }
+
+    /// `hmac:<hex>` for one address, normalised first.
+    pub fn pseudonym(&self, address: &str) -> String {
+        let mut mac = self.keyed();
         mac.update(normalise(address).as_bytes());
         format!("{PREFIX}{}", hex::encode(mac.finalize().into_bytes()))
+    }
+
+    /// Names the key without revealing it: hex HMAC-SHA256 of `bccguard-key-id` under it.
+    pub fn key_id(&self) -> String {
+        let mut mac = self.keyed();
+        mac.update(b"bccguard-key-id");
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    /// A pseudonymiser for many addresses: the key's pads are worked out once, not per address.
+    pub fn batch(&self) -> Batch {
+        Batch(self.keyed())
+    }
+}
+
+/// See [`HmacKey::batch`].
+pub struct Batch(Hmac<Sha256>);
+
+impl Batch {
+    /// The raw MAC of a normalised address (its pseudonym is `hmac:` + the hex of this; hex
+    /// keeps byte order, so sorting these sorts the pseudonyms).
+    pub fn raw(&self, address: &str) -> [u8; 32] {
+        let mut mac = self.0.clone();
+        mac.update(normalise(address).as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
+    pub fn pseudonym(&self, address: &str) -> String {
+        format!("{PREFIX}{}", hex::encode(self.raw(address)))
     }
 }
 
