@@ -3,8 +3,6 @@
 //! [`MAX_RECORD_BYTES`] whatever the message held. Summarising streams: it keeps one 32-byte
 //! MAC (or one `&str`) per address for the sort, never a second list of strings or a JSON tree.
 
-use sha2::{Digest, Sha256};
-
 use super::pseudonym::{HmacKey, PREFIX};
 use super::record::{Kind, OutcomeRecord, RecipientSummary, Record};
 use super::{AuditError, AuditEvent, AuditOutcome};
@@ -66,7 +64,7 @@ pub fn recipients_digest(
     key: Option<&HmacKey>,
     visible: &[String],
 ) -> String {
-    let mut h = Sha256::new();
+    let mut h = ring::digest::Context::new(&ring::digest::SHA256);
     match (storage, key) {
         (RecipientStorage::Hmac, Some(key)) => {
             let batch = key.batch();
@@ -78,7 +76,7 @@ pub fn recipients_digest(
             for m in &macs {
                 // 32 bytes always fit 64 hex digits.
                 if hex::encode_to_slice(m, &mut buf[5..69]).is_ok() {
-                    h.update(buf);
+                    h.update(&buf);
                 }
             }
         }
@@ -91,7 +89,7 @@ pub fn recipients_digest(
             }
         }
     }
-    hex::encode(h.finalize())
+    hex::encode(h.finish())
 }
 
 /// What a `decision` or `record` line needs besides the event.
@@ -210,6 +208,7 @@ pub fn outcome_line(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest, Sha256};
 
     #[test]
     fn cap_cuts_at_a_char_boundary_and_says_so() {
