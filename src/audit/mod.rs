@@ -2,17 +2,44 @@
 //! Beside the pipe, not in it: the delivery stage hands it an event and waits for the fsync.
 //!
 //! # Record format
-//! One JSON object per line (LF), members in this fixed order:
-//! `time` (RFC 3339 UTC, microseconds), `seq` (1, 2, 3… across restarts and rotation),
+//! One JSON object per line (LF), at most [`MAX_RECORD_BYTES`] long. Every line has `time`,
+//! `seq`, `kind`, `prev` and `hash`; `kind` says what the line is:
+//! - `decision`: an intervention about to be forwarded, fsynced before anything is handed to the
+//!   upstream ([`AuditLog::record_decision`]); `upstream` is null, the reply is in its outcome.
+//! - `outcome`: what became of a decision ([`AuditLog::record_outcome`]): `time`, `seq`, `kind`,
+//!   `session`, `decision_seq` (the decision's seq), `result` (`delivered` | `refused` |
+//!   `spooled` | `failed`, see [`OutcomeResult`]), `upstream`, `header_digest_forwarded`, `prev`,
+//!   `hash`. A decision without an outcome means the relay stopped (or could not write) after
+//!   forwarding; `verify` lists such decisions and still passes.
+//! - `record`: a complete one-shot record, for a message refused here (nothing forwarded)
+//!   ([`AuditLog::record`]). Lines written before kinds existed have no `kind`: read as `record`.
+//! - `key`: a new HMAC key is in force from here on: `time`, `seq`, `kind`, `key_id` (hex
+//!   HMAC-SHA256 of `bccguard-key-id` under the key; never the key), `key_file`, `reason`,
+//!   `prev`, `hash`.
+//!
+//! `decision` and `record` lines have these members, in this fixed order:
+//! `time` (RFC 3339 UTC, microseconds), `seq` (1, 2, 3… across restarts and rotation), `kind`,
 //! `session`, `client`, `auth_user`, `sender` (as given: it is the organisation's own user),
 //! `message_id`, `rule`, `action` (the rule's action), `mode` (`enforce`|`monitor`), `would`
 //! (true in monitor mode for a non-accept action: nothing was done), `reason`, `visible_count`,
 //! `visible_external`, `external_domains`, `envelope_recipients`, `recipients_mode`
 //! (`hmac`|`plain`|`none`), `recipients` (the visible addresses as `hmac:<hex>` =
 //! HMAC-SHA256 under the key file of the address with its domain lower-cased; or the addresses
-//! for `plain`; the member is absent for `none`), `upstream` (its reply, or null),
-//! `policy_version`, `header_digest_original`, `header_digest_forwarded`, `prev`, `hash`.
-//! Absent optional values are `null` (except `recipients`, which is left out).
+//! for `plain`; the member is absent for `none`), `recipients_summary` (only when `recipients`
+//! does not list them all), `upstream` (its reply, or null), `policy_version`,
+//! `header_digest_original`, `header_digest_forwarded`, `prev`, `hash`.
+//! Absent optional values are `null` (except `recipients` and `recipients_summary`, which are
+//! left out).
+//!
+//! # Bounded size
+//! Up to 500 visible recipients are listed in full (if the line still fits). Beyond that, or
+//! when the line would not fit, `recipients` keeps the first [`LISTED_WHEN_SUMMARISED`] (or
+//! fewer) and `recipients_summary` = `{"count": N, "listed": K, "sha256": hex}`, the SHA-256
+//! over all N stored entries (`hmac:<hex>` or plain address) sorted bytewise, each followed by
+//! LF ([`recipients_digest`]): an admin with the address list can prove it matches. Free-text
+//! values (reason, Message-ID, upstream reply...) are cut to 4 KiB, then 1 KiB, then 64 bytes
+//! as needed, ending `…[cut, N bytes in all]`. So every line fits [`MAX_RECORD_BYTES`] (64 KiB).
+//! Summarising keeps one 32-byte MAC per address for the sort, not a second list.
 //!
 //! # Hash chain
 //! The *canonical bytes* of a record are its line without the `hash` member: the compact JSON
@@ -28,7 +55,9 @@
 //! rotated file's last. `<path>.lock` (an advisory `flock`) keeps a second process from writing
 //! the same chain: the second one stays unwritable until the first lets go.
 //! On open the last line is checked: an incomplete line (no LF) or one that is not a JSON record
-//! is a write torn by a crash (it was never acknowledged); it is copied to
+//! is a write torn by a crash (it was never acknowledged); a complete line that parses as a
+//! record is never cut, however long (long lines are parsed as a stream); a torn line is
+//! copied to
 //! `<path>.torn-<time>`, cut off, a warning is logged, and the chain continues from the last
 //! complete record. A complete record with a wrong hash is left alone for `verify` to report.
 //! If the file is moved or removed while open, the next batch notices (inode check) and starts
@@ -51,11 +80,14 @@
 //! reports "writable" again (and at open) it writes and syncs 4 KiB to `<path>.probe` and
 //! removes it, so a full disk is not reported healed just because the file could be re-opened.
 //! After a failed write the file is cut back and its tail re-read before the next write, so no
-//! seq is used twice. `open` fails only for configuration nonsense: a `path` without a file
-//! name, `hmac` without a key file path, a key file that is not a hex key of 16+ bytes.
-//! The key file is created (32 random bytes, hex, mode 0600) when missing; an existing one that
-//! group or others can read is used with a warning rather than refused (refusing would stop all
-//! mail for a permission slip).
+//! seq is used twice. `open` fails for configuration nonsense: a `path` without a file
+//! name, `hmac` without a key file path, a key file that is not a hex key of 16+ bytes; and
+//! when the key file is missing although the log has records ([`AuditError::KeyMissing`]:
+//! pseudonyms must never silently change key). The key file is created (32 random bytes, hex,
+//! mode 0600) when missing and the log has no records yet, or, with `audit.new_key = true`, on
+//! a log with records: then a `key` line is written first. An existing key file that group or
+//! others can read is used with a warning rather than refused (refusing would stop all mail
+//! for a permission slip).
 //!
 //! # Metrics
 //! [`AuditLog::stats`] (and the shortcuts [`AuditLog::fsync_count`],

@@ -422,7 +422,7 @@ pub struct Entry {
 pub fn for_each_record(path: &Path, mut f: impl FnMut(Entry)) -> io::Result<()> {
     for_each_entry(path, |e| {
         let record = match e.record {
-            Ok(AnyRecord::Event(r)) => Ok(r),
+            Ok(AnyRecord::Event(r)) => Ok(*r),
             Ok(_) => return,
             Err(why) => Err(why),
         };

@@ -190,7 +190,7 @@ impl KeyRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AnyRecord {
     /// `decision` or `record`.
-    Event(Record),
+    Event(Box<Record>),
     Outcome(OutcomeRecord),
     Key(KeyRecord),
 }
@@ -205,7 +205,9 @@ impl AnyRecord {
         let k: KindOnly =
             serde_json::from_slice(line).map_err(|e| format!("not a valid audit record ({e})"))?;
         let parsed = match k.kind {
-            Kind::Decision | Kind::Record => serde_json::from_slice(line).map(AnyRecord::Event),
+            Kind::Decision | Kind::Record => serde_json::from_slice(line)
+                .map(Box::new)
+                .map(AnyRecord::Event),
             Kind::Outcome => serde_json::from_slice(line).map(AnyRecord::Outcome),
             Kind::Key => serde_json::from_slice(line).map(AnyRecord::Key),
         };

@@ -42,6 +42,8 @@ pub struct Stats {
 }
 
 /// What a caller asked to append.
+// Size is no concern: every entry travels inside a boxed `Pending`.
+#[allow(clippy::large_enum_variant)]
 pub enum Entry {
     /// A `decision` or `record` line.
     Event {
