@@ -13,6 +13,39 @@ pub const MAX_RECORD_BYTES: usize = 64 * 1024;
 /// Entries kept in `recipients` when the list is summarised.
 pub const LISTED_WHEN_SUMMARISED: usize = 100;
 
+/// Lists beyond this length are always summarised.
+pub const LIST_ALL_UP_TO: usize = 500;
+
+/// A summary made before the record is built (off the writer thread): the full count and
+/// [`recipients_digest`]; the event then keeps only the first entries.
+#[derive(Debug, Clone)]
+pub struct Precomputed {
+    pub count: usize,
+    pub sha256: String,
+}
+
+/// Summarises a list longer than [`LIST_ALL_UP_TO`] in place: computes the digest and cuts
+/// `visible` to its first [`LISTED_WHEN_SUMMARISED`] entries, freeing the rest. None when
+/// there is nothing to summarise (short list, `none` storage, or no key at hand).
+pub fn precompute(
+    storage: RecipientStorage,
+    key: Option<&HmacKey>,
+    visible: &mut Vec<String>,
+) -> Option<Precomputed> {
+    let needs_key = storage == RecipientStorage::Hmac;
+    if visible.len() <= LIST_ALL_UP_TO
+        || storage == RecipientStorage::None
+        || (needs_key && key.is_none())
+    {
+        return None;
+    }
+    let sha256 = recipients_digest(storage, key, visible);
+    let count = visible.len();
+    visible.truncate(LISTED_WHEN_SUMMARISED);
+    visible.shrink_to_fit();
+    Some(Precomputed { count, sha256 })
+}
+
 /// One way of fitting a record, tried in order until the line fits.
 struct Step {
     /// Lists every recipient when there are at most this many.
@@ -25,7 +58,7 @@ struct Step {
 
 const STEPS: [Step; 3] = [
     Step {
-        list_all_up_to: 500,
+        list_all_up_to: LIST_ALL_UP_TO,
         listed: LISTED_WHEN_SUMMARISED,
         text_cap: 4096,
     },
@@ -94,6 +127,8 @@ pub fn recipients_digest(
 
 /// What a `decision` or `record` line needs besides the event.
 pub struct Context<'a> {
+    /// Set when the caller summarised already (then `visible` is the first entries only).
+    pub summary: Option<&'a Precomputed>,
     pub storage: RecipientStorage,
     pub key: Option<&'a HmacKey>,
     pub policy_version: &'a str,
@@ -118,8 +153,8 @@ pub fn event_line(e: &AuditEvent, c: &Context<'_>) -> Result<(Vec<u8>, String), 
         Some(b) => b.pseudonym(a),
         None => a.clone(),
     };
-    let count = e.visible.len();
-    let mut digest: Option<String> = None;
+    let count = c.summary.map_or(e.visible.len(), |s| s.count);
+    let mut digest: Option<String> = c.summary.map(|s| s.sha256.clone());
     for step in &STEPS {
         let (recipients, summary) = if c.storage == RecipientStorage::None {
             (None, None)

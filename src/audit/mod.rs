@@ -309,7 +309,23 @@ impl AuditLog {
         self.append(writer::Entry::Outcome(outcome)).await
     }
 
-    async fn append_event(&self, event: AuditEvent, kind: Kind) -> Result<u64, AuditError> {
+    async fn append_event(&self, mut event: AuditEvent, kind: Kind) -> Result<u64, AuditError> {
+        // A huge visible list is summarised here, on the blocking pool, so the writer thread
+        // (which every other session waits on) only writes; the list's tail is freed early.
+        let mut summary = None;
+        if event.visible.len() > bound::LIST_ALL_UP_TO {
+            let storage = self.cfg.recipients;
+            let key = self.stats.key.get().cloned();
+            let mut visible = std::mem::take(&mut event.visible);
+            let (v, s) = tokio::task::spawn_blocking(move || {
+                let s = bound::precompute(storage, key.as_ref(), &mut visible);
+                (visible, s)
+            })
+            .await
+            .map_err(|e| AuditError::Unavailable(format!("summarising recipients: {e}")))?;
+            event.visible = v;
+            summary = s;
+        }
         let policy_version = Arc::clone(
             &self
                 .policy_version
@@ -320,6 +336,7 @@ impl AuditLog {
             event,
             kind,
             policy_version,
+            summary,
         })
         .await
     }

@@ -39,6 +39,9 @@ pub struct Stats {
     pub last_write_micros: AtomicU64,
     pub last_batch: AtomicU64,
     pub last_seq: AtomicU64,
+    /// The HMAC key once the writer has loaded it, so callers can summarise huge recipient
+    /// lists on their side instead of in the writer thread.
+    pub key: std::sync::OnceLock<HmacKey>,
 }
 
 /// What a caller asked to append.
@@ -50,6 +53,8 @@ pub enum Entry {
         event: AuditEvent,
         kind: Kind,
         policy_version: Arc<str>,
+        /// Made by the caller for a huge list; `event.visible` then holds only its first entries.
+        summary: Option<bound::Precomputed>,
     },
     Outcome(AuditOutcome),
 }
@@ -294,7 +299,9 @@ impl Writer {
     pub fn reopen(&mut self) -> Result<(), AuditError> {
         self.current = None;
         if self.cfg.recipients == RecipientStorage::Hmac && self.key.is_none() {
-            self.key = Some(self.load_key()?);
+            let key = self.load_key()?;
+            let _ = self.stats.key.set(key.clone());
+            self.key = Some(key);
         }
         let path = self.cfg.path.clone();
         let dir = parent_of(&path).to_path_buf();
@@ -534,9 +541,11 @@ impl Writer {
                 event,
                 kind,
                 policy_version,
+                summary,
             } => bound::event_line(
                 event,
                 &bound::Context {
+                    summary: summary.as_ref(),
                     storage: self.cfg.recipients,
                     key: self.key.as_ref(),
                     policy_version,
@@ -757,6 +766,7 @@ mod tests {
                 event,
                 kind: Kind::Record,
                 policy_version: Arc::from("pv"),
+                summary: None,
             },
             reply,
         };
