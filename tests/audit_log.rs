@@ -1064,6 +1064,10 @@ fn missing_key_file_refuses_open_unless_a_new_key_is_asked_for() {
     let old_id = audit::HmacKey::load(&cfg.hmac_key_file).unwrap().key_id();
     fs::remove_file(&cfg.hmac_key_file).unwrap();
 
+    assert!(matches!(
+        audit::check_key_file(&cfg),
+        Err(audit::AuditError::KeyMissing { .. })
+    ));
     let err = match AuditLog::open(&cfg, "pv") {
         Ok(_) => panic!("opened a log with records without its key"),
         Err(e) => format!("{e:#}"),
@@ -1102,6 +1106,7 @@ fn missing_key_file_refuses_open_unless_a_new_key_is_asked_for() {
 
     // Asked for explicitly: a new key, and a `key` line in the chain before the next record.
     cfg.new_key = true;
+    audit::check_key_file(&cfg).unwrap();
     assert_eq!(write_records(&cfg, 4, 1), [5]);
     let new_key = audit::HmacKey::load(&cfg.hmac_key_file).unwrap();
     assert_ne!(new_key.key_id(), old_id);

@@ -400,6 +400,33 @@ impl Drop for AuditLog {
     }
 }
 
+/// What [`AuditLog::open`] would refuse about the HMAC key, checked without creating or
+/// writing anything (for `config check`): a key file that is not a key, or a missing key file
+/// while the log has records and `new_key` is off. A key file that is missing on an empty log
+/// is fine (it is created at start).
+pub fn check_key_file(cfg: &AuditConfig) -> Result<(), AuditError> {
+    if cfg.recipients != RecipientStorage::Hmac {
+        return Ok(());
+    }
+    match HmacKey::load(&cfg.hmac_key_file) {
+        Ok(_) => Ok(()),
+        Err(KeyError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            let has_records = log_has_records(&cfg.path).map_err(|source| AuditError::Io {
+                path: cfg.path.display().to_string(),
+                source,
+            })?;
+            if has_records && !cfg.new_key {
+                return Err(AuditError::KeyMissing {
+                    key_file: cfg.hmac_key_file.display().to_string(),
+                    log: cfg.path.display().to_string(),
+                });
+            }
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Hex SHA-256 of a header section, so a record proves which header went in and out.
 pub fn header_digest(header: &[u8]) -> String {
     use sha2::Digest;

@@ -119,7 +119,9 @@ pub struct KeyRecord {
     pub hash: String,
 }
 
-/// How a forwarded (or attempted) intervention ended, as the client was told.
+/// How a forwarded (or attempted) intervention ended, as the client was told. A decision may
+/// get more than one outcome line (e.g. `spooled`, later `delivered` by the spool): the last
+/// one is the current state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OutcomeResult {
