@@ -991,7 +991,7 @@ fn two_million_visible_addresses_make_a_bounded_record_that_survives_restart() {
     let conf = conf.to_str().unwrap();
     let (_, out, _) = bccguard(&["audit", "query", "--config", conf, "--recipient", &first]);
     assert_eq!(out.lines().count(), 1, "{out}");
-    let (_, out, _) = bccguard(&[
+    let (_, out, err) = bccguard(&[
         "audit",
         "query",
         "--config",
@@ -1000,6 +1000,10 @@ fn two_million_visible_addresses_make_a_bounded_record_that_survives_restart() {
         &hundred_and_first,
     ]);
     assert_eq!(out.lines().count(), 0, "{out}");
+    assert!(
+        err.contains("1 record(s) in range list only the first 100"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -179,7 +179,7 @@ pub fn scan_tail(file: &File) -> io::Result<Tail> {
             file.read_exact_at(&mut line, start)?;
             serde_json::from_slice::<SeqHash>(&line).ok()
         } else {
-            parse_streaming(file, start, good_end - 1)
+            parse_streaming(file, start, good_end - 1)?
         };
         if let Some(r) = parsed {
             if r.hash.len() == 64 && r.hash.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -213,8 +213,9 @@ impl io::Read for RangeReader<'_> {
 }
 
 /// Parses one long line as a record in constant memory: members other than `seq` and `hash`
-/// (a recipient list of millions) are skipped, not stored.
-fn parse_streaming(file: &File, start: u64, end: u64) -> Option<SeqHash> {
+/// (a recipient list of millions) are skipped, not stored. A read error is an error, not a
+/// reason to cut the line.
+fn parse_streaming(file: &File, start: u64, end: u64) -> io::Result<Option<SeqHash>> {
     let reader = io::BufReader::with_capacity(
         256 * 1024,
         RangeReader {
@@ -224,9 +225,15 @@ fn parse_streaming(file: &File, start: u64, end: u64) -> Option<SeqHash> {
         },
     );
     let mut de = serde_json::Deserializer::from_reader(reader);
-    let r = <SeqHash as serde::Deserialize>::deserialize(&mut de).ok()?;
-    de.end().ok()?;
-    Some(r)
+    let parsed = <SeqHash as serde::Deserialize>::deserialize(&mut de).and_then(|r| {
+        de.end()?;
+        Ok(r)
+    });
+    match parsed {
+        Ok(r) => Ok(Some(r)),
+        Err(e) if e.is_io() => Err(io::Error::other(e)),
+        Err(_) => Ok(None),
+    }
 }
 
 /// Copies `file[from..]` to a new `<path>.torn-<time>` file (kept for inspection), then cuts it

@@ -400,6 +400,9 @@ struct Pass1 {
     outcomes: HashMap<u64, OutcomeRecord>,
     other_key: u64,
     other_key_last_seq: Option<u64>,
+    /// Records otherwise matching whose recipient list was summarised and did not match in the
+    /// part that is listed.
+    summarised: u64,
 }
 
 fn first_pass(path: &Path, filter: &Filter) -> std::io::Result<Pass1> {
@@ -413,6 +416,13 @@ fn first_pass(path: &Path, filter: &Filter) -> std::io::Result<Pass1> {
         Ok(AnyRecord::Event(r)) => {
             if r.kind == Kind::Decision && filter.matches(&r) {
                 wanted.insert(r.seq);
+            }
+            if filter.wants_recipient
+                && r.recipients_summary.is_some()
+                && filter.matches_but_recipient(&r)
+                && !filter.matches_recipient(&r)
+            {
+                p.summarised += 1;
             }
             if filter.key_id.is_some()
                 && r.recipients_mode == "hmac"
@@ -481,6 +491,13 @@ fn run_query(path: &Path, filter: &Filter, json: bool) -> ExitCode {
             "audit query: note: {} record(s) in range (the last at seq {}) were made under another HMAC key (before a key change): --recipient cannot match their recipients with the current key",
             pass1.other_key,
             pass1.other_key_last_seq.unwrap_or(0)
+        );
+    }
+    if pass1.summarised > 0 {
+        eprintln!(
+            "audit query: note: {} record(s) in range list only the first {} of their visible recipients (recipients_summary): the address may be among the others, which only the summary's digest covers",
+            pass1.summarised,
+            audit::LISTED_WHEN_SUMMARISED
         );
     }
     let mut shown = 0u64;
