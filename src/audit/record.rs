@@ -333,6 +333,48 @@ mod tests {
     }
 
     #[test]
+    fn lines_from_before_kinds_read_as_records() {
+        let mut r = sample();
+        let line = r.seal().unwrap();
+        let text = String::from_utf8(line[..line.len() - 1].to_vec()).unwrap();
+        // The same record as an older writer made it: no `kind` member, hash over those bytes.
+        let old = text.replace(",\"kind\":\"record\"", "");
+        let body = old
+            .strip_suffix(&format!(",\"hash\":\"{}\"}}", r.hash))
+            .unwrap();
+        let hash = hex::encode(Sha256::digest(format!("{body}}}").as_bytes()));
+        let old = format!("{body},\"hash\":\"{hash}\"}}");
+        let c = check_line(old.as_bytes()).unwrap();
+        assert_eq!(c.kind, Kind::Record);
+        match AnyRecord::parse(old.as_bytes()).unwrap() {
+            AnyRecord::Event(e) => assert_eq!(e.kind, Kind::Record),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn outcome_needs_its_decision_seq() {
+        let mut o = OutcomeRecord {
+            time: "t".into(),
+            seq: 2,
+            kind: Kind::Outcome,
+            session: "s".into(),
+            decision_seq: 1,
+            result: OutcomeResult::Spooled,
+            upstream: None,
+            header_digest_forwarded: None,
+            prev: GENESIS.into(),
+            hash: String::new(),
+        };
+        let line = o.seal().unwrap();
+        let body = &line[..line.len() - 1];
+        assert_eq!(check_line(body).unwrap().decision_seq, Some(1));
+        assert!(matches!(AnyRecord::parse(body), Ok(AnyRecord::Outcome(_))));
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        assert!(text.contains("\"result\":\"spooled\""), "{text}");
+    }
+
+    #[test]
     fn any_edit_is_caught() {
         let mut r = sample();
         let line = r.seal().unwrap();
