@@ -11,23 +11,22 @@
 //! the records as JSON lines with `--json`. `--since`/`--until` take RFC 3339 or `YYYY-MM-DD`
 //! (UTC; a date in `--until` includes that whole day). `--sender` matches the address
 //! case-insensitively, or `*@domain`. `--recipient` matches plain records and, with the key
-//! file, pseudonymised ones (HMAC of the address as given and with its local part lower-cased);
-//! when the log records a key change, it says how many records were made under another key
-//! (their pseudonyms cannot match). A decision is shown with its outcome (`--json`: an
-//! `outcome` member, null when none was written); outcome and key lines are not shown alone.
-//! `verify` also lists decisions that have no outcome line (still exit 0: the chain is intact).
+//! file, pseudonymised ones (HMAC of the address as given and with its local part lower-cased).
+//!
+//! Two-phase records: `query` shows a decision with its outcome (`--json`: an `outcome` member,
+//! null when none was written); outcome and key lines are not shown on their own. With
+//! `--recipient` it says how many records were made under another HMAC key (after a `key`
+//! line) and how many list only the first of their recipients (a summary). `verify` also lists
+//! decisions without an outcome line (still exit 0: the chain is intact) and key changes.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use std::collections::{HashMap, HashSet};
-
-use crate::audit::{
-    self, AnyRecord, HmacKey, Kind, OutcomeRecord, Record, VerifyError, HMAC_PREFIX,
-};
+use crate::audit::{self, HmacKey, Record, VerifyError, HMAC_PREFIX};
 use crate::config::{Action, Config, RecipientStorage, DEFAULT_CONFIG_PATH};
 
 #[derive(clap::Subcommand, Debug)]
@@ -141,30 +140,7 @@ fn run_verify(config: &Path, path: Option<&Path>) -> ExitCode {
             if let Some(h) = &r.last_hash {
                 println!("last hash {h}");
             }
-            if r.decisions > 0 || r.outcomes > 0 {
-                println!(
-                    "{} decisions, {} outcomes, {} one-shot records",
-                    r.decisions, r.outcomes, r.one_shot
-                );
-            }
-            if !r.key_changes.is_empty() {
-                println!(
-                    "HMAC key changed at seq {}: recipients of records before it are pseudonymised under an older key",
-                    seq_list(&r.key_changes)
-                );
-            }
-            if !r.decisions_without_outcome.is_empty() {
-                println!(
-                    "{} decisions without an outcome record: seq {}; the relay stopped or could not write the outcome after forwarding{}",
-                    r.decisions_without_outcome.len(),
-                    seq_list(&r.decisions_without_outcome),
-                    if audit::is_live(&path) {
-                        " (the relay is running: messages in flight show here too)"
-                    } else {
-                        ""
-                    }
-                );
-            }
+            print_two_phase_notes(&r, &path);
             if !r.torn.is_empty() {
                 let names: Vec<String> = r.torn.iter().map(|p| p.display().to_string()).collect();
                 println!(
@@ -184,21 +160,6 @@ fn run_verify(config: &Path, path: Option<&Path>) -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-/// The first 20 seqs, comma-separated, and how many more.
-fn seq_list(seqs: &[u64]) -> String {
-    const SHOWN: usize = 20;
-    let mut s = seqs
-        .iter()
-        .take(SHOWN)
-        .map(u64::to_string)
-        .collect::<Vec<_>>()
-        .join(", ");
-    if seqs.len() > SHOWN {
-        s.push_str(&format!(" and {} more", seqs.len() - SHOWN));
-    }
-    s
 }
 
 /// A time bound; `inclusive` is false for the day after an `--until` date.
@@ -314,25 +275,6 @@ impl Filter {
     }
 
     fn matches(&self, r: &Record) -> bool {
-        self.matches_but_recipient(r) && self.matches_recipient(r)
-    }
-
-    fn matches_recipient(&self, r: &Record) -> bool {
-        if !self.wants_recipient {
-            return true;
-        }
-        let list = r.recipients.as_deref().unwrap_or(&[]);
-        list.iter().any(|stored| {
-            if stored.starts_with(HMAC_PREFIX) {
-                self.recipient_hmac.iter().any(|h| h == stored)
-            } else {
-                let n = audit::normalise_address(stored);
-                self.recipient_plain.contains(&n)
-            }
-        })
-    }
-
-    fn matches_but_recipient(&self, r: &Record) -> bool {
         if self.since.is_some() || self.until.is_some() {
             let Ok(t) = OffsetDateTime::parse(&r.time, &Rfc3339) else {
                 return false;
@@ -363,7 +305,22 @@ impl Filter {
                 return false;
             }
         }
-        true
+        self.matches_recipient(r)
+    }
+
+    fn matches_recipient(&self, r: &Record) -> bool {
+        if !self.wants_recipient {
+            return true;
+        }
+        let list = r.recipients.as_deref().unwrap_or(&[]);
+        list.iter().any(|stored| {
+            if stored.starts_with(HMAC_PREFIX) {
+                self.recipient_hmac.iter().any(|h| h == stored)
+            } else {
+                let n = audit::normalise_address(stored);
+                self.recipient_plain.contains(&n)
+            }
+        })
     }
 }
 
@@ -394,14 +351,14 @@ fn human(r: &Record) -> String {
 }
 
 /// What the first pass over the log learns: the outcomes of the decisions that will be
-/// shown, and how many otherwise matching records were made under another HMAC key.
+/// shown, and (for `--recipient`) how many records were made under another HMAC key or list
+/// only part of their recipients.
 #[derive(Default)]
 struct Pass1 {
-    outcomes: HashMap<u64, OutcomeRecord>,
+    outcomes: HashMap<u64, audit::OutcomeRecord>,
     other_key: u64,
     other_key_last_seq: Option<u64>,
-    /// Records otherwise matching whose recipient list was summarised and did not match in the
-    /// part that is listed.
+    /// Records whose recipient list was summarised and did not match in the part listed.
     summarised: u64,
 }
 
@@ -413,31 +370,27 @@ fn first_pass(path: &Path, filter: &Filter) -> std::io::Result<Pass1> {
     let mut under: Option<String> = None;
     let mut older: Vec<(u64, bool)> = Vec::new();
     audit::for_each_entry(path, |e| match e.record {
-        Ok(AnyRecord::Event(r)) => {
-            if r.kind == Kind::Decision && filter.matches(&r) {
+        Ok(audit::AnyRecord::Event(r)) => {
+            if r.kind == audit::Kind::Decision && filter.matches(&r) {
                 wanted.insert(r.seq);
             }
             if filter.wants_recipient
                 && r.recipients_summary.is_some()
-                && filter.matches_but_recipient(&r)
                 && !filter.matches_recipient(&r)
             {
                 p.summarised += 1;
             }
-            if filter.key_id.is_some()
-                && r.recipients_mode == "hmac"
-                && filter.matches_but_recipient(&r)
-            {
+            if filter.key_id.is_some() && r.recipients_mode == "hmac" {
                 let ours = seen_key_line && under == filter.key_id;
                 older.push((r.seq, ours));
             }
         }
-        Ok(AnyRecord::Outcome(o)) => {
+        Ok(audit::AnyRecord::Outcome(o)) => {
             if wanted.contains(&o.decision_seq) {
                 p.outcomes.insert(o.decision_seq, o);
             }
         }
-        Ok(AnyRecord::Key(k)) => {
+        Ok(audit::AnyRecord::Key(k)) => {
             seen_key_line = true;
             under = Some(k.key_id);
         }
@@ -455,7 +408,7 @@ fn first_pass(path: &Path, filter: &Filter) -> std::io::Result<Pass1> {
     Ok(p)
 }
 
-fn outcome_text(o: Option<&OutcomeRecord>) -> String {
+fn outcome_text(o: Option<&audit::OutcomeRecord>) -> String {
     match o {
         Some(o) => format!(
             " outcome={} (seq {}) upstream={:?}",
@@ -467,9 +420,9 @@ fn outcome_text(o: Option<&OutcomeRecord>) -> String {
     }
 }
 
-fn json_line(r: &Record, outcome: Option<&OutcomeRecord>) -> Result<String, String> {
+fn json_line(r: &Record, outcome: Option<&audit::OutcomeRecord>) -> Result<String, String> {
     let mut v = serde_json::to_value(r).map_err(|e| e.to_string())?;
-    if r.kind == Kind::Decision {
+    if r.kind == audit::Kind::Decision {
         if let serde_json::Value::Object(map) = &mut v {
             let o = serde_json::to_value(outcome).map_err(|e| e.to_string())?;
             map.insert("outcome".to_string(), o);
@@ -488,14 +441,14 @@ fn run_query(path: &Path, filter: &Filter, json: bool) -> ExitCode {
     };
     if pass1.other_key > 0 {
         eprintln!(
-            "audit query: note: {} record(s) in range (the last at seq {}) were made under another HMAC key (before a key change): --recipient cannot match their recipients with the current key",
+            "audit query: note: {} record(s) (the last at seq {}) were made under another HMAC key (before a key change): --recipient cannot match their recipients with the current key",
             pass1.other_key,
             pass1.other_key_last_seq.unwrap_or(0)
         );
     }
     if pass1.summarised > 0 {
         eprintln!(
-            "audit query: note: {} record(s) in range list only the first {} of their visible recipients (recipients_summary): the address may be among the others, which only the summary's digest covers",
+            "audit query: note: {} record(s) list only the first {} of their visible recipients (recipients_summary): the address may be among the others, which only the summary's digest covers",
             pass1.summarised,
             audit::LISTED_WHEN_SUMMARISED
         );
@@ -510,7 +463,7 @@ fn run_query(path: &Path, filter: &Filter, json: bool) -> ExitCode {
             let outcome = pass1.outcomes.get(&r.seq);
             let line = if json {
                 json_line(&r, outcome)
-            } else if r.kind == Kind::Decision {
+            } else if r.kind == audit::Kind::Decision {
                 Ok(format!("{}{}", human(&r), outcome_text(outcome)))
             } else {
                 Ok(human(&r))
@@ -541,4 +494,47 @@ fn run_query(path: &Path, filter: &Filter, json: bool) -> ExitCode {
         eprintln!("no matching records");
     }
     ExitCode::SUCCESS
+}
+
+/// The first 20 seqs, comma-separated, and how many more.
+fn seq_list(seqs: &[u64]) -> String {
+    const SHOWN: usize = 20;
+    let mut s = seqs
+        .iter()
+        .take(SHOWN)
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if seqs.len() > SHOWN {
+        s.push_str(&format!(" and {} more", seqs.len() - SHOWN));
+    }
+    s
+}
+
+/// `verify`'s lines about record kinds, key changes and decisions without an outcome.
+fn print_two_phase_notes(r: &audit::VerifyReport, path: &Path) {
+    if r.decisions > 0 || r.outcomes > 0 {
+        println!(
+            "{} decisions, {} outcomes, {} one-shot records",
+            r.decisions, r.outcomes, r.one_shot
+        );
+    }
+    if !r.key_changes.is_empty() {
+        println!(
+            "HMAC key changed at seq {}: recipients of records before it are pseudonymised under an older key",
+            seq_list(&r.key_changes)
+        );
+    }
+    if !r.decisions_without_outcome.is_empty() {
+        println!(
+            "{} decisions without an outcome record: seq {}; the relay stopped or could not write the outcome after forwarding{}",
+            r.decisions_without_outcome.len(),
+            seq_list(&r.decisions_without_outcome),
+            if audit::is_live(path) {
+                " (the relay is running: messages in flight show here too)"
+            } else {
+                ""
+            }
+        );
+    }
 }
