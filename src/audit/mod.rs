@@ -57,9 +57,8 @@
 //! On open the last line is checked: an incomplete line (no LF) or one that is not a JSON record
 //! is a write torn by a crash (it was never acknowledged); a complete line that parses as a
 //! record is never cut, however long (long lines are parsed as a stream); a torn line is
-//! copied to
-//! `<path>.torn-<time>`, cut off, a warning is logged, and the chain continues from the last
-//! complete record. A complete record with a wrong hash is left alone for `verify` to report.
+//! copied to `<path>.torn-<time>`, cut off, a warning is logged, and the chain continues from
+//! the last complete record. A complete record with a wrong hash is left alone for `verify` to report.
 //! If the file is moved or removed while open, the next batch notices (inode check) and starts
 //! a new file that continues the chain.
 //!
@@ -68,7 +67,8 @@
 //! line's hash, `prev` = previous `hash`, `seq` = previous + 1, and that a rotated file ends at
 //! the seq in its name. If the oldest file present does not start at [`GENESIS`], the report
 //! says where it continues from (older files archived away) and is still intact. On a live log
-//! (lock held) a transient break from a half-appended line or a rotation is re-checked.
+//! (lock held) a transient break from a half-appended line or a rotation is re-checked. It
+//! counts lines by kind and lists the decisions no outcome line refers to (not a break).
 //!
 //! # Durability and failures
 //! A single writer thread does group commit: it takes everything queued, writes it with one
