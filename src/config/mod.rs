@@ -519,6 +519,11 @@ pub struct AuditConfig {
     /// Rotate the log when it grows past this many bytes (0 = never).
     #[serde(default)]
     pub rotate_bytes: u64,
+    /// Start a new HMAC key when the key file is missing although the log has records (the
+    /// change is recorded in the chain). Off: such a start is refused, so pseudonyms never
+    /// silently stop matching. Set it once, for the restart that needs it.
+    #[serde(default)]
+    pub new_key: bool,
 }
 
 fn default_audit_path() -> PathBuf {
@@ -536,6 +541,7 @@ impl Default for AuditConfig {
             hmac_key_file: default_hmac_key_file(),
             log_accepts: false,
             rotate_bytes: 0,
+            new_key: false,
         }
     }
 }

@@ -688,6 +688,32 @@ def send_mail(port: int, sender: str, rcpts: list[str], message: bytes, source: 
 
 
 # --------------------------------------------------------------------------------------------
+# the audit log
+
+
+def merge_audit_outcomes(lines: list[dict]) -> list[dict]:
+    """One entry per audited message, in log order: one-shot records (`kind` "record", or no kind in
+    logs written before kinds existed) as they are, and each decision with its outcome folded in
+    (`upstream` and `header_digest_forwarded` from the outcome, the outcome itself under "outcome",
+    None while there is none). Outcome and key lines are not entries of their own."""
+    outcomes = {l["decision_seq"]: l for l in lines if l.get("kind") == "outcome"}
+    merged = []
+    for l in lines:
+        kind = l.get("kind", "record")
+        if kind == "record":
+            merged.append(l)
+        elif kind == "decision":
+            entry = dict(l)
+            o = outcomes.get(l["seq"])
+            entry["outcome"] = o
+            if o is not None:
+                entry["upstream"] = o.get("upstream")
+                entry["header_digest_forwarded"] = o.get("header_digest_forwarded")
+            merged.append(entry)
+    return merged
+
+
+# --------------------------------------------------------------------------------------------
 # the bccguard process
 
 
@@ -833,12 +859,17 @@ class Relay:
     def dumps(self, settle: float = 0.0) -> list[Delivered]:
         return self.upstream.messages(settle) if self.upstream else []
 
-    def audit_records(self) -> list[dict]:
+    def audit_lines(self) -> list[dict]:
+        """Every line of the audit log as written: decisions, outcomes, one-shot records, key changes."""
         try:
             text = self.audit_path.read_text("utf-8")
         except FileNotFoundError:
             return []
         return [json.loads(l) for l in text.splitlines() if l.strip()]
+
+    def audit_records(self) -> list[dict]:
+        """One entry per audited message (see `merge_audit_outcomes`)."""
+        return merge_audit_outcomes(self.audit_lines())
 
     def wait_audit(self, count: int, timeout: float = 3.0) -> list[dict]:
         return wait_until(lambda: (r := self.audit_records()) and len(r) >= count and r, timeout,
