@@ -156,14 +156,21 @@ pub async fn record_decision(
     message: &Message,
     d: &Decision,
 ) -> Result<u64, ()> {
-    let _ = (job, message, d);
-    if stages.audit.is_writable() {
-        Ok(0)
-    } else {
-        tracing::error!("audit log not writable: refusing message temporarily");
+    let event = base_event(
+        job,
+        message.message_id(),
+        message.header_fields_bytes(),
+        Some(d),
+    );
+    let started = std::time::Instant::now();
+    let written = stages.audit.record_decision(event).await;
+    stages
+        .metrics
+        .audit_write(started.elapsed(), written.is_ok());
+    written.map_err(|e| {
+        tracing::error!("audit decision not durable, refusing the message temporarily: {e}");
         stages.metrics.rejected(RejectReason::AuditUnavailable);
-        Err(())
-    }
+    })
 }
 
 /// Ends a message whose header was split: metrics, log line, audit.
@@ -214,7 +221,44 @@ async fn conclude(
         Some(d) => stages.audit.wants(d.action, d.mode),
         None => true,
     };
-    if audited && !outcome.audit_failed {
+    if let (Some(decision_seq), false) = (outcome.decision_seq, outcome.audit_failed) {
+        let (upstream, header_digest_forwarded, result) = match &outcome.sent {
+            Sent::Accepted { digest, .. } => (
+                Some(outcome.reply.to_string()),
+                Some(digest.clone()),
+                // Some split copies wait in the durable spool: accepted, not yet delivered.
+                if outcome.copies.is_some_and(|c| c.spooled > 0) {
+                    crate::audit::OutcomeResult::Spooled
+                } else {
+                    crate::audit::OutcomeResult::Delivered
+                },
+            ),
+            Sent::Refused { upstream } => (
+                Some(upstream.as_ref().unwrap_or(&outcome.reply).to_string()),
+                None,
+                if outcome.reply.is_transient() {
+                    crate::audit::OutcomeResult::Failed
+                } else {
+                    crate::audit::OutcomeResult::Refused
+                },
+            ),
+            Sent::Nothing => (None, None, crate::audit::OutcomeResult::Failed),
+        };
+        let written = stages
+            .audit
+            .record_outcome(crate::audit::AuditOutcome {
+                decision_seq,
+                session: job.client.session_id.clone(),
+                upstream,
+                header_digest_forwarded,
+                result,
+            })
+            .await;
+        if let Err(e) = written {
+            // The upstream has it: `audit verify` lists the decision as one without an outcome.
+            tracing::error!("audit outcome not written (decision seq {decision_seq}): {e}");
+        }
+    } else if audited && !outcome.audit_failed {
         let mut event = base_event(job, message_id.clone(), header, d);
         if d.is_none() {
             event.rule = Some("unreadable-header".to_string());
