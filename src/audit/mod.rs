@@ -102,6 +102,7 @@
 //! `tracing`: the sender and the recipients go into the audit file only.
 
 mod bound;
+mod file;
 mod pseudonym;
 mod reader;
 mod record;

@@ -109,7 +109,7 @@ impl HmacKey {
             .and_then(|()| file.sync_all())
             .map_err(io)?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            super::writer::sync_dir(dir);
+            super::file::sync_dir(dir);
         }
         tracing::info!(path = %path.display(), "created audit HMAC key file");
         Ok(HmacKey(key))

@@ -5,8 +5,8 @@ use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
+use super::file::scan_tail;
 use super::record::{check_line, AnyRecord, Kind, Record, GENESIS};
-use super::writer::scan_tail;
 
 /// `<base>.<YYYYMMDDTHHMMSSZ>.<seq>` → (`<base>` file name, seq).
 fn split_rotated_name(name: &str) -> Option<(&str, u64)> {
