@@ -8,7 +8,7 @@ use super::{End, Flow, Io, Line, Phase, Session};
 use crate::config::AuthRequirement;
 use crate::metrics::RejectReason;
 use crate::reply::Reply;
-use crate::smtp::auth::{blocked_reply, escape, AuthVerdict};
+use crate::smtp::auth::{blocked_reply, loggable, AuthVerdict};
 
 const MAX_AUTH_FAILURES: u32 = 3;
 
@@ -74,7 +74,7 @@ impl<S: Io> Session<S> {
         };
         let reply = match verdict {
             AuthVerdict::Ok => {
-                tracing::info!(user = %escape(&user), "authenticated");
+                tracing::info!(user = %loggable(&user), "authenticated");
                 self.auth_user = Some(user);
                 return Ok(Reply::new(235, (2, 7, 0), "Authentication successful").into());
             }
