@@ -647,3 +647,32 @@ def test_large_message_through_postfix_mta_and_bccguard(env):
     for s in stored:
         assert s.content_fields() == h.raw_fields(head)
         assert len(s.body) == len(body) and s.body == body, f"body differs ({len(s.body)} vs {len(body)} bytes)"
+
+
+def test_quoted_local_part_reaches_a_real_postfix_as_one_address(env):
+    """Issue 12.1 against the real Postfix upstream: parameters hidden in quoted local parts stay
+    inside the addresses. Before the fix bccguard unquoted them and Postfix delivered to
+    x@victim.example with a success DSN to a@evil.example; now Postfix stores the message for the
+    one quoted address bccguard's policy saw, and nothing is queued for the victim or the evil."""
+    token = f"quoted-{uuid.uuid4().hex[:8]}"
+    tag = token.split("-")[-1]
+    domain = make_submission(env.work, token, "accept", SENDER).rcpts[0].split("@", 1)[1]
+    evil_from = f'"a.{tag}@evil.example> ENVID=x"@example.org'
+    evil_rcpt = f'"x.{tag}@victim.example> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;x"@{domain}'
+    message = (f"From: <{SENDER}>\r\nTo: <bob@{domain}>\r\nSubject: {token}\r\n"
+               f"Message-ID: <{token}@example.org>\r\n\r\n{token}\r\n").encode()
+    with smtplib.SMTP("127.0.0.1", env.plain_port, timeout=20) as s:
+        s.ehlo("client.example.org")
+        assert s.docmd(f"MAIL FROM:<{evil_from}>")[0] == 250
+        code, text = s.docmd(f"RCPT TO:<{evil_rcpt}>")
+        assert code == 250, (code, text)
+        code, text = s.data(message)
+        assert code == 250, (code, text)
+    [stored] = env.upstream.wait_stored(token, 1)
+    print("stored for:", stored.delivered_to, "Return-Path:", stored.values("Return-Path"))
+    assert stored.delivered_to == evil_rcpt, stored.delivered_to
+    assert stored.values("Return-Path") == [f"<{evil_from}>"], stored.values("Return-Path")
+    time.sleep(1.0)
+    assert len(env.upstream.stored_with(token)) == 1, "one delivery, no DSN copy"
+    queued = [q for q in env.upstream.queue() if tag in json.dumps(q)]
+    assert queued == [], f"nothing may be queued for the victim or a DSN to the evil sender: {queued}"
