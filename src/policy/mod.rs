@@ -3,6 +3,7 @@
 //! the admin's rules ([`rules`]); returns a [`Decision`] and never touches the message bytes.
 
 pub mod address;
+pub mod rfc2047;
 pub mod rules;
 pub mod visible;
 
