@@ -33,6 +33,7 @@ fn visible(addrs: &[String]) -> Visible {
         addresses: addrs.to_vec(),
         bcc_present: false,
         lenient_fields: vec![],
+        attendees: vec![],
     }
 }
 

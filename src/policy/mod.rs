@@ -3,6 +3,7 @@
 //! the admin's rules ([`rules`]); returns a [`Decision`] and never touches the message bytes.
 
 pub mod address;
+pub mod calendar;
 pub mod rfc2047;
 pub mod rules;
 pub mod visible;
@@ -46,6 +47,8 @@ pub struct Decision {
     pub not_counted: Vec<String>,
     /// Header fields the finder could not read strictly and counted on the safe side.
     pub lenient_fields: Vec<String>,
+    /// Calendar attendees among `visible` (invitations show them to every invitee).
+    pub visible_attendees: Vec<String>,
 }
 
 impl Decision {
@@ -212,6 +215,7 @@ impl Policy {
             notify_sender: rule.is_some_and(|r| r.notify_sender),
             not_counted: outcome.not_counted,
             lenient_fields: v.lenient_fields,
+            visible_attendees: v.attendees,
         }
     }
 
@@ -358,6 +362,7 @@ mod tests {
             addresses: addrs.to_vec(),
             bcc_present: bcc,
             lenient_fields: vec![],
+            attendees: vec![],
         }
     }
 
