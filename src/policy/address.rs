@@ -52,7 +52,8 @@
 //! is refused as before, unless it holds encoded words and Python's reading of it is certain:
 //! then the readers plainly show mailboxes the RFC reading would hide, and every reading plus
 //! every address-like text is counted. Bare CR never reaches this module: the header splitter
-//! refuses it.
+//! refuses it. The same holds for a field that only Thunderbird's backslash escapes make
+//! readable (`\"Boss <b@x>`).
 //!
 //! Cost is linear in the field length: one lexing pass (comment nesting is an explicit counter,
 //! never recursion) and parsers that only move forward; the lenient chain scans are bounded by
@@ -121,8 +122,11 @@ pub fn parse_address_list(value: &[u8]) -> Result<AddressList, AddressError> {
     let (mut out, mut lenient) = match primary {
         Ok(l) => (l.addresses, l.lenient || disagreement_class(value)),
         Err(e) => {
-            let python = read(value, Lexing::ENCODED_WORDS);
-            if !(has_ew && python.is_ok()) {
+            // Unreadable for RFC readers, but a common reader's tokens are certain: the field
+            // plainly shows mailboxes, so count every reading plus every address-like text.
+            let other_certain = (has_ew && read(value, Lexing::ENCODED_WORDS).is_ok())
+                || (has_backslash && read(value, Lexing::ESCAPES).is_ok());
+            if !other_certain {
                 return Err(e);
             }
             (scavenge(value), true)
@@ -1005,6 +1009,14 @@ mod tests {
 
     #[test]
     fn backslash_escapes_outside_quotes() {
+        // Unreadable for RFC readers (unclosed quote), certain with Thunderbird's escapes.
+        assert_eq!(
+            lenient(r#" \"Boss <boss@x>, staff@y"#),
+            ["boss@x", "staff@y"]
+        );
+        assert_eq!(lenient(r" \(Sales\) <s@x>"), ["s@x"]);
+        // A backslash inside quotes or comments is no disagreement.
+        assert_eq!(strict(r#" "Smith\, John" <j@x> (Smith\, J)"#), ["j@x"]);
         assert_eq!(lenient(r" Smith\, John <j@x>"), ["j@x"]);
         // RFC: `(` opens a comment that hides b@y; Thunderbird: `\(` is a literal.
         assert_eq!(lenient(r" a\(b@y c) <a@x>"), ["a@x", r#""a(b"@y"#]);
@@ -1015,6 +1027,10 @@ mod tests {
         assert_eq!(canonical_domain("Ext.Example."), "ext.example");
         assert_eq!(canonical_domain("XN--BCHER-KVA.example"), "bücher.example");
         assert_eq!(canonical_domain("BÜCHER.example"), "bücher.example");
+        assert_eq!(canonical_domain("xn--strae-oqa.example"), "straße.example");
+        assert_eq!(canonical_domain("Straße.example"), "straße.example");
+        assert_eq!(canonical_domain("ＥＸＡＭＰＬＥ.com"), "example.com");
+        assert_eq!(canonical_domain("xn--zz.example"), "xn--zz.example");
         assert_eq!(
             strict(" p@xn--bcher-kva.example, q@BÜCHER.EXAMPLE"),
             ["p@bücher.example", "q@bücher.example"]

@@ -33,7 +33,8 @@ pub struct CalendarPart {
     pub encoding: TransferEncoding,
     /// The body decoded (UTF-8; invalid sequences replaced).
     pub text: String,
-    /// The calendar's METHOD (upper-cased), e.g. `REQUEST` or `CANCEL`.
+    /// The calendar's METHOD (upper-cased), e.g. `REQUEST` or `CANCEL`: the VCALENDAR's own
+    /// property, else the Content-Type `method` parameter.
     pub method: String,
 }
 
@@ -67,7 +68,13 @@ pub fn calendar_parts(raw: &[u8]) -> Vec<CalendarPart> {
             _ => TransferEncoding::Identity,
         };
         let text = String::from_utf8_lossy(&decode_body(body, encoding)).into_owned();
-        let Some(method) = method(&text) else {
+        // Either place marks a scheduling message; clients act on both.
+        let param = part
+            .content_type()
+            .and_then(|ct| ct.attribute("method"))
+            .map(|m| m.trim().to_ascii_uppercase())
+            .filter(|m| !m.is_empty());
+        let Some(method) = method(&text).or(param) else {
             continue;
         };
         out.push(CalendarPart {
