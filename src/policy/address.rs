@@ -98,7 +98,8 @@ pub fn parse_address_list(value: &[u8]) -> Result<AddressList, AddressError> {
     let has_ew = memchr::memmem::find(value, b"=?").is_some();
     let has_backslash = memchr::memchr(b'\\', value).is_some();
     let primary = read(value, Lexing::RFC);
-    if !has_ew && !has_backslash {
+    let glued = glued_quoted_at(value);
+    if !has_ew && !has_backslash && !glued {
         return primary;
     }
     let decoded = if has_ew {
@@ -113,6 +114,9 @@ pub fn parse_address_list(value: &[u8]) -> Result<AddressList, AddressError> {
     if has_ew {
         readings.push((value, Lexing::ENCODED_WORDS));
     }
+    if has_ew && has_backslash {
+        readings.push((value, Lexing::BOTH));
+    }
     if let Some(d) = decoded.as_deref() {
         readings.push((d, Lexing::RFC));
         if memchr::memchr(b'\\', d).is_some() {
@@ -125,7 +129,8 @@ pub fn parse_address_list(value: &[u8]) -> Result<AddressList, AddressError> {
             // Unreadable for RFC readers, but a common reader's tokens are certain: the field
             // plainly shows mailboxes, so count every reading plus every address-like text.
             let other_certain = (has_ew && read(value, Lexing::ENCODED_WORDS).is_ok())
-                || (has_backslash && read(value, Lexing::ESCAPES).is_ok());
+                || (has_backslash && read(value, Lexing::ESCAPES).is_ok())
+                || (has_ew && has_backslash && read(value, Lexing::BOTH).is_ok());
             if !other_certain {
                 return Err(e);
             }
@@ -133,6 +138,33 @@ pub fn parse_address_list(value: &[u8]) -> Result<AddressList, AddressError> {
         }
     };
     let mut seen: std::collections::HashSet<String> = out.iter().cloned().collect();
+    // An encoded word that decodes to an address: some reader shows it as one, whatever the
+    // structure around it (Python re-renders decoded names and scripts parse that again).
+    if let Some(d) = decoded.as_deref() {
+        if rfc2047::words(value).iter().any(|(_, t)| t.contains(&b'@')) {
+            lenient = true;
+            for a in scavenge(d) {
+                if seen.insert(a.clone()) {
+                    out.push(a);
+                }
+            }
+        }
+    }
+    if glued {
+        // Python glues touching words into one obs-local-part and then shows the `@` inside
+        // the quotes as the address's own: count what that text shows without its quotes.
+        let unquoted: Vec<u8> = value
+            .iter()
+            .copied()
+            .filter(|&b| b != b'"' && b != b'\\')
+            .collect();
+        lenient = true;
+        for a in scavenge(&unquoted) {
+            if seen.insert(a.clone()) {
+                out.push(a);
+            }
+        }
+    }
     for (text, mode) in readings {
         let addresses = match read(text, mode) {
             Ok(l) => {
@@ -176,6 +208,28 @@ fn disagreement_class(value: &[u8]) -> bool {
         Kind::Other => value[t.start] == b'\\',
         Kind::Quoted => !rfc2047::words(&value[t.start..t.end]).is_empty(),
         _ => false,
+    })
+}
+
+/// Whether a quoted string holding an `@` touches a word with no space or punctuation between
+/// (`"a"b"@x"y`): readers that glue touching words read an address across the quotes.
+fn glued_quoted_at(value: &[u8]) -> bool {
+    if memchr::memchr(b'"', value).is_none() {
+        return false;
+    }
+    let Ok(toks) = lex(value, Lexing::RFC) else {
+        return false;
+    };
+    toks.iter().enumerate().any(|(i, t)| {
+        t.kind == Kind::Quoted
+            && memchr::memchr(b'@', &value[t.start..t.end]).is_some()
+            && (i
+                .checked_sub(1)
+                .and_then(|p| toks.get(p))
+                .is_some_and(|p| p.is_word() && p.end + 1 == t.start)
+                || toks
+                    .get(i + 1)
+                    .is_some_and(|n| n.is_word() && t.end + 1 == n.start))
     })
 }
 
@@ -237,6 +291,10 @@ impl Lexing {
     };
     const ENCODED_WORDS: Lexing = Lexing {
         escapes: false,
+        encoded_words: true,
+    };
+    const BOTH: Lexing = Lexing {
+        escapes: true,
         encoded_words: true,
     };
 }
@@ -845,7 +903,8 @@ fn lenient_domain(v: &[u8], t: &[Tok], from: usize) -> Result<(String, usize), A
 /// alternative reading whose own tokens are uncertain (an unbalanced decoded quote, say).
 /// Over-counts display text that looks like an address; never misses one.
 fn scavenge(v: &[u8]) -> Vec<String> {
-    let local_byte = |b: u8| is_atext(b) || b == b'.';
+    // A backslash may escape part of a local part for some readers (`a\@b@x`).
+    let local_byte = |b: u8| is_atext(b) || b == b'.' || b == b'\\';
     let domain_byte = |b: u8| b.is_ascii_alphanumeric() || b"-._".contains(&b) || b >= 0x80;
     let mut out = Vec::new();
     for at in memchr::memchr_iter(b'@', v) {
