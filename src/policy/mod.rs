@@ -106,12 +106,17 @@ impl Policy {
                 "Internal domains: none configured, so every recipient counts as outside.\n",
             ),
             d => s.push_str(&format!(
-                "Internal domains: {}{}.\n",
+                "Internal domains: {}{}{}.\n",
                 d.join(", "),
                 if self.internal.subdomains() {
                     " (and their subdomains)"
                 } else {
                     " (exactly; subdomains count as outside)"
+                },
+                if d.iter().any(|x| x.starts_with("*.")) {
+                    "; *.domain means only the subdomains of that domain"
+                } else {
+                    ""
                 }
             )),
         }
