@@ -9,7 +9,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use bccguard::policy::calendar::{
-    attendees, calendar_parts, encode_body, for_invitee, organizer, TransferEncoding,
+    attendees, calendar_parts, copy_for_invitee, encode_body, for_invitee, organizer,
+    TransferEncoding,
 };
 use bccguard::policy::visible::find_visible;
 use serde_json::{json, Value};
@@ -119,14 +120,19 @@ fn copies_splice_back_in_every_transfer_encoding() {
         assert_eq!(parts[0].encoding, enc);
         assert_eq!(parts[0].method, "REQUEST");
         let who = "victim07@customer0.example";
-        let mut copy = raw[..parts[0].body.start].to_vec();
-        copy.extend_from_slice(&encode_body(&for_invitee(&parts[0].text, who), enc));
-        copy.extend_from_slice(&raw[parts[0].body.end..]);
+        let copy = copy_for_invitee(&raw, who);
         let v = find_visible(&copy).unwrap();
         assert_eq!(v.attendees, [who], "{enc:?}");
-        // Only the calendar part changed.
+        // Only the calendar part changed, and it ends the way the original did.
         assert!(copy.starts_with(&raw[..parts[0].body.start]));
         assert!(copy.ends_with(&raw[parts[0].body.end..]));
+        let new = calendar_parts(&copy);
+        assert_eq!(new[0].text, for_invitee(&parts[0].text, who), "{enc:?}");
+        let body = &copy[new[0].body.clone()];
+        assert!(!body.ends_with(b"\r\n\r\n"), "{enc:?}: no blank line grows");
+        // A message without invitation passes through unchanged.
+        let plain = b"From: a@x\r\nTo: b@y\r\n\r\nhello\r\n";
+        assert_eq!(copy_for_invitee(plain, who), plain);
     }
 }
 

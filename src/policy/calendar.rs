@@ -203,6 +203,41 @@ fn encode_qp(data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The bytes that replace `part.body` when its calendar text becomes `text`: encoded like the
+/// original, and ending like it (in a multipart body the CRLF before the next boundary belongs
+/// to the boundary, so the range does not end in one and the replacement must not either).
+pub fn replacement_body(raw: &[u8], part: &CalendarPart, text: &str) -> Vec<u8> {
+    let mut body = encode_body(text, part.encoding);
+    let original_ends_in_newline = raw
+        .get(part.body.clone())
+        .is_some_and(|b| b.ends_with(b"\n"));
+    if !original_ends_in_newline {
+        while body.ends_with(b"\r\n") {
+            body.truncate(body.len() - 2);
+        }
+    }
+    body
+}
+
+/// The whole message as `invitee`'s split copy should carry it: every calendar part cut down to
+/// the organizer and that invitee ([`for_invitee`]), every other byte unchanged. Returns the
+/// message unchanged when it has no calendar part.
+pub fn copy_for_invitee(raw: &[u8], invitee: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut at = 0;
+    for part in calendar_parts(raw) {
+        out.extend_from_slice(&raw[at..part.body.start]);
+        out.extend_from_slice(&replacement_body(
+            raw,
+            &part,
+            &for_invitee(&part.text, invitee),
+        ));
+        at = part.body.end;
+    }
+    out.extend_from_slice(&raw[at..]);
+    out
+}
+
 /// One unfolded content line: `NAME;PARAM=..:VALUE`.
 #[derive(Debug)]
 struct ContentLine<'a> {
