@@ -201,7 +201,7 @@ impl Policy {
     pub fn decide_visible(&self, sender: &str, v: Visible) -> Decision {
         let outcome = rules::evaluate(&self.internal, &self.rules, sender, &v);
         let rule = outcome.rule.and_then(|i| self.rules.get(i));
-        let reason = self.reason(rule, &outcome);
+        let reason = self.reason(rule, &outcome, v.attendees.len());
         let action = rule.map_or(Action::Accept, |r| r.action);
         let reject_text = match rule {
             Some(r) if r.action == Action::Reject => Some(reject_text(r, &outcome)),
@@ -224,8 +224,14 @@ impl Policy {
         }
     }
 
-    fn reason(&self, rule: Option<&Rule>, o: &Outcome) -> String {
-        let shows = shows_phrase(&o.all, &self.internal);
+    fn reason(&self, rule: Option<&Rule>, o: &Outcome, attendees: usize) -> String {
+        let mut shows = shows_phrase(&o.all, &self.internal);
+        if attendees > 0 {
+            // Admins would otherwise wonder why a one-recipient invitation was stopped.
+            shows.push_str(&format!(
+                ", {attendees} of them listed in a calendar invitation"
+            ));
+        }
         let mut s = match rule {
             None => format!("{shows}; no rule matches, so it goes out unchanged"),
             Some(r) => {
@@ -395,6 +401,25 @@ mod tests {
         assert!(d.bcc_header_stripped);
         assert_eq!((d.visible_external, d.external_domains), (18, 12));
         assert!(d.reject_text.is_none());
+    }
+
+    #[test]
+    fn reason_mentions_calendar_attendees() {
+        let mut r = rule("many-external", Action::Reject);
+        r.min_visible_external = Some(6);
+        let p = policy(vec![r], Mode::Enforce);
+        let mut v = vis(&outside(18, 6), false);
+        v.attendees = v.addresses[1..].to_vec();
+        let d = p.decide_visible("boss@example.org", v);
+        assert_eq!(d.visible_attendees.len(), 17);
+        assert!(
+            d.reason.starts_with(
+                "The message shows 18 recipients (18 outside example.org, 6 domains) to each other, \
+                 17 of them listed in a calendar invitation; rule 'many-external'"
+            ),
+            "{}",
+            d.reason
+        );
     }
 
     #[test]
