@@ -381,6 +381,19 @@ fn stress_lenient_paths() {
 }
 
 #[test]
+fn stress_encoded_word_and_backslash_readings() {
+    // Many word openers and one far-away closer (with a Q escape after it): every reading of
+    // the field must stay linear.
+    let value = format!("{}?=41 a@example.org", "=?".repeat(MIB / 2));
+    let v = find_visible(&message_with_to(value.as_bytes())).unwrap();
+    assert_eq!(v.addresses, ["a@example.org"]);
+    let value = repeat("=?utf-8?Q?\"a,b?= <x@example.org>, \\, ", MIB);
+    assert!(find_visible(&message_with_to(value.as_bytes())).is_ok());
+    let value = repeat("\"a\"b\"@x\"c ", MIB);
+    assert!(find_visible(&message_with_to(value.as_bytes())).is_ok());
+}
+
+#[test]
 fn stress_many_folded_lines() {
     let value: String = (0..100_000)
         .map(|i| format!("\r\n (c{i}) x{}@example.org,", i % 10))

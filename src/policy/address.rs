@@ -323,7 +323,7 @@ fn is_atext(b: u8) -> bool {
 
 fn lex(v: &[u8], mode: Lexing) -> Result<Vec<Tok>, AddressError> {
     let mut toks = Vec::new();
-    let mut words = rfc2047::Finder::new(v);
+    let words = rfc2047::Finder::new(v);
     let mut i = 0;
     while i < v.len() {
         let b = v[i];
@@ -344,7 +344,7 @@ fn lex(v: &[u8], mode: Lexing) -> Result<Vec<Tok>, AddressError> {
             b'(' => i = skip_comment(v, i)?,
             b'"' => {
                 let end = if mode.encoded_words {
-                    scan_quoted_with_words(v, i + 1, &mut words)
+                    scan_quoted_with_words(v, i + 1, &words)
                 } else {
                     scan_delimited(v, i + 1, b'"')
                 }
@@ -447,7 +447,7 @@ fn scan_delimited(v: &[u8], from: usize, close: u8) -> Option<usize> {
 }
 
 /// Like [`scan_delimited`] for `"`, but an encoded word inside the quotes is skipped whole.
-fn scan_quoted_with_words(v: &[u8], from: usize, words: &mut rfc2047::Finder) -> Option<usize> {
+fn scan_quoted_with_words(v: &[u8], from: usize, words: &rfc2047::Finder) -> Option<usize> {
     let mut i = from;
     while i < v.len() {
         match v[i] {

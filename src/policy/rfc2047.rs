@@ -10,50 +10,31 @@
 
 use base64::Engine;
 
-/// Finds encoded words in one field value, remembering where the next `?=` is so that a field
-/// full of `=?` stays linear to scan.
+/// Finds encoded words in one field value. Every `?=` is located once up front, so a field
+/// full of `=?` stays linear to scan (plus a binary search per candidate word).
 pub struct Finder<'a> {
     v: &'a [u8],
-    /// Offset of the last `?=` found and the offset it was searched from; `None` once no `?=`
-    /// is left after some offset.
-    close: Option<(usize, usize)>,
-    exhausted_from: Option<usize>,
+    /// Offsets of every `?=` in `v`, ascending.
+    closes: Vec<usize>,
 }
 
 impl<'a> Finder<'a> {
     pub fn new(v: &'a [u8]) -> Finder<'a> {
         Finder {
             v,
-            close: None,
-            exhausted_from: None,
+            closes: memchr::memmem::find_iter(v, b"?=").collect(),
         }
     }
 
     /// The first `?=` at or after `from`.
-    fn next_close(&mut self, from: usize) -> Option<usize> {
-        if self.exhausted_from.is_some_and(|e| e <= from) {
-            return None;
-        }
-        if let Some((searched, at)) = self.close {
-            if searched <= from && at >= from {
-                return Some(at);
-            }
-        }
-        match memchr::memmem::find(self.v.get(from..)?, b"?=") {
-            Some(i) => {
-                self.close = Some((from, from + i));
-                Some(from + i)
-            }
-            None => {
-                self.exhausted_from = Some(from);
-                None
-            }
-        }
+    fn next_close(&self, from: usize) -> Option<usize> {
+        let i = self.closes.partition_point(|&c| c < from);
+        self.closes.get(i).copied()
     }
 
     /// The encoded word starting at `start` (which must hold `=?`): its end offset (exclusive)
     /// and decoded text, or `None` when no valid word starts there.
-    pub fn word_at(&mut self, start: usize) -> Option<(usize, Vec<u8>)> {
+    pub fn word_at(&self, start: usize) -> Option<(usize, Vec<u8>)> {
         if !self.v.get(start..)?.starts_with(b"=?") {
             return None;
         }
@@ -140,7 +121,7 @@ fn decode_q(text: &[u8]) -> Vec<u8> {
 /// The field value with every encoded word replaced by its decoded text (white space between
 /// two adjacent words dropped, RFC 2047 section 6.2), or `None` when it holds none.
 pub fn decode_all(v: &[u8]) -> Option<Vec<u8>> {
-    let mut f = Finder::new(v);
+    let f = Finder::new(v);
     let mut out = Vec::with_capacity(v.len());
     let mut any = false;
     let mut i = 0;
@@ -171,7 +152,7 @@ pub fn decode_all(v: &[u8]) -> Option<Vec<u8>> {
 
 /// Decoded texts of every encoded word in `v` together with their raw bytes.
 pub fn words(v: &[u8]) -> Vec<(std::ops::Range<usize>, Vec<u8>)> {
-    let mut f = Finder::new(v);
+    let f = Finder::new(v);
     let mut out = Vec::new();
     let mut i = 0;
     while let Some(k) = memchr::memmem::find(&v[i..], b"=?") {
