@@ -525,10 +525,12 @@ fn render_domain_atoms(value: Vec<u8>) -> Result<String, AddressError> {
 }
 
 /// The one spelling of a domain name: IDNA (UTS 46) mapped, so letter case, full-width forms
-/// and A-labels (`xn--...`) meet their U-label, written with U-labels; one trailing dot (the
-/// DNS root) dropped. A name IDNA refuses keeps its Unicode lower case: it is still counted.
+/// and A-labels (`xn--...`) meet their U-label, written with U-labels; trailing dots (the DNS
+/// root) dropped. A name IDNA refuses keeps its Unicode lower case: it is still counted.
+/// Idempotent, so every stage can canonicalise again and get the same text.
 pub fn canonical_domain(domain: &str) -> String {
-    let d = domain.strip_suffix('.').unwrap_or(domain);
+    let trimmed = domain.trim_end_matches('.');
+    let d = if trimmed.is_empty() { domain } else { trimmed };
     if d.is_ascii() && !d.contains("xn--") && !d.contains("XN--") && !d.contains("Xn--") {
         return d.to_ascii_lowercase();
     }

@@ -38,9 +38,27 @@ pub struct CalendarPart {
     pub method: String,
 }
 
+/// The MIME parser gave up on the message's structure, so nobody can say which calendar
+/// parts it has: the caller refuses the message rather than count without them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("its MIME structure cannot be read")]
+pub struct MimeUnreadable;
+
 /// Every calendar part with a METHOD in the message's own MIME tree (never inside an attached
 /// `message/rfc822`), in message order.
+pub fn try_calendar_parts(raw: &[u8]) -> Result<Vec<CalendarPart>, MimeUnreadable> {
+    // mail-parser 0.11.9 has a debug_assert! that peer bytes can reach (a part id it cannot
+    // find); in a debug build that panics. Contain it: the message is refused, not the process.
+    std::panic::catch_unwind(|| scan_parts(raw)).map_err(|_| MimeUnreadable)
+}
+
+/// [`try_calendar_parts`] for callers that already know the message is readable (the rewrite
+/// stage after the finder accepted it): an unreadable structure yields no parts.
 pub fn calendar_parts(raw: &[u8]) -> Vec<CalendarPart> {
+    try_calendar_parts(raw).unwrap_or_default()
+}
+
+fn scan_parts(raw: &[u8]) -> Vec<CalendarPart> {
     let Some(msg) = MessageParser::default().parse(raw) else {
         return Vec::new();
     };
@@ -346,7 +364,8 @@ fn property_addresses(cl: &ContentLine<'_>) -> Vec<String> {
         }
     };
     let v = cl.value.trim();
-    if v.len() > 7 && v[..7].eq_ignore_ascii_case("mailto:") {
+    // Compare bytes: the value is peer text and byte 7 need not be a char boundary.
+    if v.len() > 7 && v.as_bytes()[..7].eq_ignore_ascii_case(b"mailto:") {
         push(&percent_decode(&v[7..]));
     }
     for (name, values) in &cl.params {
@@ -407,16 +426,16 @@ pub fn organizer(text: &str) -> Option<String> {
 }
 
 /// Distinct attendees of every calendar part of a raw message.
-pub fn message_attendees(raw: &[u8]) -> Vec<String> {
+pub fn message_attendees(raw: &[u8]) -> Result<Vec<String>, MimeUnreadable> {
     let mut out: Vec<String> = Vec::new();
-    for part in calendar_parts(raw) {
+    for part in try_calendar_parts(raw)? {
         for a in attendees(&part.text) {
             if !out.contains(&a) {
                 out.push(a);
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// The iCalendar text as `invitee` should receive it in a split copy: every ATTENDEE line
@@ -527,6 +546,14 @@ mod tests {
     }
 
     #[test]
+    fn non_ascii_where_mailto_is_expected_does_not_panic() {
+        let t = "BEGIN:VCALENDAR\r\nMETHOD:REQUEST\r\nATTENDEE:mailt\u{fffd}o:a@x\r\n\
+                 ATTENDEE:\u{e9}\u{e9}\u{e9}\u{e9}:x\r\nATTENDEE;CN=\"\u{e9}:mailto:b@y\r\nEND:VCALENDAR\r\n";
+        assert!(attendees(t).is_empty());
+        assert!(!for_invitee(t, "a@x").contains("mailt\u{fffd}o"));
+    }
+
+    #[test]
     fn fold_never_splits_a_utf8_sequence() {
         let mut s = String::new();
         fold_into(&mut s, &format!("SUMMARY:{}", "ü".repeat(100)));
@@ -587,6 +614,6 @@ mod tests {
                 INVITE
             );
         }
-        assert_eq!(message_attendees(raw.as_bytes()).len(), 4);
+        assert_eq!(message_attendees(raw.as_bytes()).unwrap().len(), 4);
     }
 }

@@ -85,7 +85,12 @@ pub fn find_visible(raw: &[u8]) -> Result<Visible, Unreadable> {
             }
         }
     }
-    for a in calendar::message_attendees(raw) {
+    let attendees = calendar::message_attendees(raw).map_err(|e| Unreadable {
+        reason: format!(
+            "the message cannot be read ({e}); the relay cannot tell who would see this message"
+        ),
+    })?;
+    for a in attendees {
         if seen.insert(a.clone()) {
             visible.addresses.push(a.clone());
         }
