@@ -334,6 +334,18 @@ fn reject_text(r: &Rule, o: &Outcome) -> String {
     one_ascii_line(&text)
 }
 
+/// The 550 text for a calendar invitation that a rule would rewrite: hiding To/Cc cannot hide
+/// an attendee list, so unless the rule's calendar fallback is split, the sender is told what to
+/// do instead (for the rewrite stage's `calendar_action` fallback).
+pub fn calendar_reject_text(attendees: usize) -> String {
+    one_ascii_line(&format!(
+        "Message not sent: it is a calendar invitation that shows its {attendees} {} to every invitee, \
+         which hiding To and Cc cannot change. Use \"hide attendee list\" in your calendar, or \
+         invite them separately.",
+        plural(attendees, "attendee", "attendees")
+    ))
+}
+
 /// Makes text safe for an SMTP reply line: printable ASCII only, no line breaks.
 pub fn one_ascii_line(text: &str) -> String {
     text.chars()
@@ -420,6 +432,17 @@ mod tests {
             "{}",
             d.reason
         );
+    }
+
+    #[test]
+    fn calendar_reject_text_says_what_to_do() {
+        let t = calendar_reject_text(18);
+        assert!(
+            t.contains("18 attendees") && t.contains("hide attendee list"),
+            "{t}"
+        );
+        assert!(t.is_ascii() && !t.contains('\n'));
+        assert!(calendar_reject_text(1).contains("its 1 attendee to"));
     }
 
     #[test]
