@@ -34,6 +34,7 @@ fn visible(addrs: &[String]) -> Visible {
         addresses: addrs.to_vec(),
         bcc_present: false,
         lenient_fields: vec![],
+        attendees: vec![],
     }
 }
 

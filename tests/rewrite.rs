@@ -36,6 +36,7 @@ fn decision(action: Action) -> Decision {
             addresses: vec!["a@x.net".into(), "b@y.net".into()],
             bcc_present: true,
             lenient_fields: vec![],
+            attendees: vec![],
         },
     );
     assert_eq!(d.action, action);

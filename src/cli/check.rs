@@ -292,6 +292,7 @@ fn to_json(r: &Report) -> serde_json::Value {
         "bcc_header_stripped": d.bcc_header_stripped,
         "not_counted": d.not_counted,
         "lenient_fields": d.lenient_fields,
+        "visible_attendees": d.visible_attendees,
         "sender": r.sender,
         "sender_source": r.sender_source,
         "envelope_recipients": r.envelope,

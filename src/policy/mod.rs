@@ -3,6 +3,8 @@
 //! the admin's rules ([`rules`]); returns a [`Decision`] and never touches the message bytes.
 
 pub mod address;
+pub mod calendar;
+pub mod rfc2047;
 pub mod rules;
 pub mod visible;
 
@@ -46,6 +48,8 @@ pub struct Decision {
     pub not_counted: Vec<String>,
     /// Header fields the finder could not read strictly and counted on the safe side.
     pub lenient_fields: Vec<String>,
+    /// Calendar attendees among `visible` (invitations show them to every invitee).
+    pub visible_attendees: Vec<String>,
 }
 
 impl Decision {
@@ -103,12 +107,17 @@ impl Policy {
                 "Internal domains: none configured, so every recipient counts as outside.\n",
             ),
             d => s.push_str(&format!(
-                "Internal domains: {}{}.\n",
+                "Internal domains: {}{}{}.\n",
                 d.join(", "),
                 if self.internal.subdomains() {
                     " (and their subdomains)"
                 } else {
                     " (exactly; subdomains count as outside)"
+                },
+                if d.iter().any(|x| x.starts_with("*.")) {
+                    "; *.domain means only the subdomains of that domain"
+                } else {
+                    ""
                 }
             )),
         }
@@ -188,7 +197,7 @@ impl Policy {
     pub fn decide_visible(&self, sender: &str, v: Visible) -> Decision {
         let outcome = rules::evaluate(&self.internal, &self.rules, sender, &v);
         let rule = outcome.rule.and_then(|i| self.rules.get(i));
-        let reason = self.reason(rule, &outcome);
+        let reason = self.reason(rule, &outcome, v.attendees.len());
         let action = rule.map_or(Action::Accept, |r| r.action);
         let reject_text = match rule {
             Some(r) if r.action == Action::Reject => Some(reject_text(r, &outcome)),
@@ -207,11 +216,18 @@ impl Policy {
             notify_sender: rule.is_some_and(|r| r.notify_sender),
             not_counted: outcome.not_counted,
             lenient_fields: v.lenient_fields,
+            visible_attendees: v.attendees,
         }
     }
 
-    fn reason(&self, rule: Option<&Rule>, o: &Outcome) -> String {
-        let shows = shows_phrase(&o.all, &self.internal);
+    fn reason(&self, rule: Option<&Rule>, o: &Outcome, attendees: usize) -> String {
+        let mut shows = shows_phrase(&o.all, &self.internal);
+        if attendees > 0 {
+            // Admins would otherwise wonder why a one-recipient invitation was stopped.
+            shows.push_str(&format!(
+                ", {attendees} of them listed in a calendar invitation"
+            ));
+        }
         let mut s = match rule {
             None => format!("{shows}; no rule matches, so it goes out unchanged"),
             Some(r) => {
@@ -314,6 +330,18 @@ fn reject_text(r: &Rule, o: &Outcome) -> String {
     one_ascii_line(&text)
 }
 
+/// The 550 text for a calendar invitation that a rule would rewrite: hiding To/Cc cannot hide
+/// an attendee list, so unless the rule's calendar fallback is split, the sender is told what to
+/// do instead (for the rewrite stage's `calendar_action` fallback).
+pub fn calendar_reject_text(attendees: usize) -> String {
+    one_ascii_line(&format!(
+        "Message not sent: it is a calendar invitation that shows its {attendees} {} to every invitee, \
+         which hiding To and Cc cannot change. Use \"hide attendee list\" in your calendar, or \
+         invite them separately.",
+        plural(attendees, "attendee", "attendees")
+    ))
+}
+
 /// Makes text safe for an SMTP reply line: printable ASCII only, no line breaks.
 pub fn one_ascii_line(text: &str) -> String {
     text.chars()
@@ -353,6 +381,7 @@ mod tests {
             addresses: addrs.to_vec(),
             bcc_present: bcc,
             lenient_fields: vec![],
+            attendees: vec![],
         }
     }
 
@@ -380,6 +409,36 @@ mod tests {
         assert!(d.bcc_header_stripped);
         assert_eq!((d.visible_external, d.external_domains), (18, 12));
         assert!(d.reject_text.is_none());
+    }
+
+    #[test]
+    fn reason_mentions_calendar_attendees() {
+        let mut r = rule("many-external", Action::Reject);
+        r.min_visible_external = Some(6);
+        let p = policy(vec![r], Mode::Enforce);
+        let mut v = vis(&outside(18, 6), false);
+        v.attendees = v.addresses[1..].to_vec();
+        let d = p.decide_visible("boss@example.org", v);
+        assert_eq!(d.visible_attendees.len(), 17);
+        assert!(
+            d.reason.starts_with(
+                "The message shows 18 recipients (18 outside example.org, 6 domains) to each other, \
+                 17 of them listed in a calendar invitation; rule 'many-external'"
+            ),
+            "{}",
+            d.reason
+        );
+    }
+
+    #[test]
+    fn calendar_reject_text_says_what_to_do() {
+        let t = calendar_reject_text(18);
+        assert!(
+            t.contains("18 attendees") && t.contains("hide attendee list"),
+            "{t}"
+        );
+        assert!(t.is_ascii() && !t.contains('\n'));
+        assert!(calendar_reject_text(1).contains("its 1 attendee to"));
     }
 
     #[test]

@@ -331,6 +331,7 @@ mod tests {
             notify_sender: false,
             not_counted: vec![],
             lenient_fields: vec![],
+            visible_attendees: vec![],
         }
     }
 
