@@ -79,7 +79,7 @@ fn awkward() -> Vec<u8> {
 /// The body must be the original bytes, borrowed (same address), not a copy.
 fn assert_body_borrowed(raw: &[u8], out: &Outgoing<'_>) {
     let offset = raw.len() - out.body.len();
-    assert_eq!(out.body, &raw[offset..]);
+    assert_eq!(&*out.body, &raw[offset..]);
     assert_eq!(out.body.as_ptr(), raw[offset..].as_ptr(), "body was copied");
 }
 
@@ -107,7 +107,7 @@ fn hide_recipients_changes_exactly_the_recipient_fields() {
     ]
     .concat();
     assert_eq!(&*out.header, &expected[..]);
-    assert_eq!(out.body, BODY);
+    assert_eq!(&*out.body, BODY);
     assert_body_borrowed(m.raw(), &out);
 }
 
@@ -204,7 +204,7 @@ fn pass_through_only_removes_blind_copies() {
         matches!(out.header, Cow::Borrowed(_)),
         "no Bcc: nothing to copy"
     );
-    assert_eq!([&*out.header, out.body].concat(), clean);
+    assert_eq!([&*out.header, &*out.body].concat(), clean);
 
     let resent_bcc: &[u8] = b"Resent-bcc:\r\n";
     let raw = message(
@@ -241,7 +241,7 @@ fn keeps_lf_line_ends_and_handles_missing_recipient_fields() {
         &*out.header,
         b"From: a@example.org\r\nSubject: s\r\nTo: <b@y.net>\r\n\r\n"
     );
-    assert_eq!(out.body, b"body\r\n");
+    assert_eq!(&*out.body, b"body\r\n");
 }
 
 #[test]
@@ -518,7 +518,7 @@ fn resign_and_verify(key: &str) {
         "example.org",
         &verify::record(&fixture("dkim-ed25519.pem")),
     );
-    let full = [&*out.header, out.body].concat();
+    let full = [&*out.header, &*out.body].concat();
     let results = verify::results(&full, &keys);
     assert!(
         results.contains(&("relay.example.org".to_string(), true)),
@@ -533,7 +533,7 @@ fn resign_and_verify(key: &str) {
     let copy = rw
         .for_recipient(m, "c@z.net", &decision(Action::Split))
         .unwrap();
-    let full = [&*copy.header, copy.body].concat();
+    let full = [&*copy.header, &*copy.body].concat();
     assert!(verify::results(&full, &keys).contains(&("relay.example.org".to_string(), true)));
 }
 

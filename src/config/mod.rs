@@ -475,6 +475,11 @@ pub struct RuleConfig {
     /// After a rewrite or split, send the sender a short notice of what was done and why.
     #[serde(default)]
     pub notify_sender: bool,
+    /// For a `rewrite` rule: what to do with a calendar invitation instead, since hiding To/Cc
+    /// leaves every attendee listed in the invitation: "split" (one copy per invitee, each
+    /// listing only the organizer and that invitee) or "reject" (the default).
+    #[serde(default)]
+    pub calendar_action: Option<Action>,
 }
 
 impl RuleConfig {
@@ -491,6 +496,7 @@ impl RuleConfig {
             action,
             message: None,
             notify_sender: false,
+            calendar_action: None,
         }
     }
 }

@@ -175,7 +175,11 @@ async fn forward(held: &mut Option<UpstreamSession>, received: &str, send: &Send
             Sent::Nothing,
         );
     };
-    let parts = [received.as_bytes(), &send.message.header, send.message.body];
+    let parts = [
+        received.as_bytes(),
+        &send.message.header,
+        &send.message.body,
+    ];
     match up.data(&parts).await {
         Ok(r) if r.is_positive() => {
             let reply = Reply::new(
@@ -224,7 +228,11 @@ async fn split(
         let Route::Single(rcpt) = &copy.route else {
             continue;
         };
-        let parts = [received.as_bytes(), &copy.message.header, copy.message.body];
+        let parts = [
+            received.as_bytes(),
+            &copy.message.header,
+            &copy.message.body,
+        ];
         let mut attempt = 0;
         let reply = loop {
             attempt += 1;

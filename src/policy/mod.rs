@@ -189,7 +189,7 @@ impl Policy {
     /// The decision for one message. The envelope's recipients do not change what the message
     /// shows (they matter to the plan); its sender is a rule condition.
     pub fn decide(&self, message: &Message, envelope: &Envelope) -> Result<Decision, Unreadable> {
-        let v = visible::find_visible_in(&message.header())?;
+        let v = visible::find_visible_in(message.raw(), &message.header())?;
         Ok(self.decide_visible(&envelope.sender, v))
     }
 
@@ -197,12 +197,23 @@ impl Policy {
     pub fn decide_visible(&self, sender: &str, v: Visible) -> Decision {
         let outcome = rules::evaluate(&self.internal, &self.rules, sender, &v);
         let rule = outcome.rule.and_then(|i| self.rules.get(i));
-        let reason = self.reason(rule, &outcome, v.attendees.len());
-        let action = rule.map_or(Action::Accept, |r| r.action);
-        let reject_text = match rule {
+        let mut reason = self.reason(rule, &outcome, v.attendees.len());
+        let mut action = rule.map_or(Action::Accept, |r| r.action);
+        let mut reject_text = match rule {
             Some(r) if r.action == Action::Reject => Some(reject_text(r, &outcome)),
             _ => None,
         };
+        // Hiding To/Cc leaves an invitation's attendee list in its calendar part: the rule's
+        // calendar_action (split or reject) applies instead.
+        if let Some(r) = rule.filter(|r| r.action == Action::Rewrite && !v.attendees.is_empty()) {
+            action = r.calendar_action;
+            if action == Action::Reject {
+                reject_text = Some(calendar_reject_text(v.attendees.len()));
+                reason.push_str(" It is a calendar invitation, whose attendee list hiding To and Cc cannot hide, so it is refused.");
+            } else {
+                reason.push_str(" It is a calendar invitation: each invitee gets a copy that lists only the organizer and them.");
+            }
+        }
         Decision {
             action,
             mode: self.cfg.mode,

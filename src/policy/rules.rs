@@ -237,6 +237,8 @@ pub struct Rule {
     pub action: Action,
     pub message: Option<String>,
     pub notify_sender: bool,
+    /// What a `rewrite` does to a calendar invitation instead: `Split` or `Reject`.
+    pub calendar_action: Action,
 }
 
 impl Rule {
@@ -283,6 +285,24 @@ impl Rule {
                 key("notify_sender")
             ));
         }
+        let calendar_action = match (r.action, r.calendar_action) {
+            (_, None) => Action::Reject,
+            (Action::Rewrite, Some(a @ (Action::Split | Action::Reject))) => a,
+            (Action::Rewrite, Some(other)) => {
+                return Err(format!(
+                    "{}: \"{}\" cannot hide a calendar invitation's attendees; use \"split\" or \"reject\"",
+                    key("calendar_action"),
+                    other.as_str()
+                ))
+            }
+            (action, Some(_)) => {
+                return Err(format!(
+                    "{}: only used by action = \"rewrite\", this rule's action is \"{}\"",
+                    key("calendar_action"),
+                    action.as_str()
+                ))
+            }
+        };
         Ok(Rule {
             name: r.name.trim().to_string(),
             min_visible: r.min_visible,
@@ -294,6 +314,7 @@ impl Rule {
             action: r.action,
             message: r.message.as_ref().map(|m| m.trim().to_string()),
             notify_sender: r.notify_sender,
+            calendar_action,
         })
     }
 

@@ -57,7 +57,10 @@ fn refuse_bare_cr(raw: &[u8]) -> Result<(), Unreadable> {
 
 /// [`find_visible`] over the header section of `raw` that is already split (a
 /// [`crate::message::Message`]'s); `raw` is still needed for calendar parts in the body.
-pub fn find_visible_in(raw: &[u8], section: &header::HeaderSection<'_>) -> Result<Visible, Unreadable> {
+pub fn find_visible_in(
+    raw: &[u8],
+    section: &header::HeaderSection<'_>,
+) -> Result<Visible, Unreadable> {
     refuse_bare_cr(raw)?;
     let mut visible = Visible::default();
     let mut seen: HashSet<String> = HashSet::new();
