@@ -26,14 +26,14 @@ use crate::config::{Action, Config, RecipientStorage, DEFAULT_CONFIG_PATH};
 pub enum AuditCommand {
     /// Check the hash chain; exit 1 naming the first broken record.
     Verify {
-        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        #[arg(long, env = crate::config::CONFIG_ENV, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
         /// Audit log file (default: the configured one).
         path: Option<PathBuf>,
     },
     /// Search the audit log.
     Query {
-        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        #[arg(long, env = crate::config::CONFIG_ENV, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
         #[arg(long)]
         since: Option<String>,

@@ -1,4 +1,4 @@
-//! `bccguard check` (dry-run the policy on one message) and `bccguard config check`.
+//! `bccguard check` (dry-run the policy on one message). (`config check` is in `cli::config`.)
 //!
 //! Exit codes: `check` exits 0 whatever the decision and 2 when the config, the file or the
 //! message cannot be read. With `--json`, stdout always carries exactly one JSON object: the
@@ -17,7 +17,7 @@ use crate::rewrite::{dkim_signatures_over_recipients, RewriteError, Rewriter};
 
 #[derive(clap::Args, Debug)]
 pub struct CheckArgs {
-    #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+    #[arg(long, env = crate::config::CONFIG_ENV, default_value = DEFAULT_CONFIG_PATH)]
     pub config: PathBuf,
     /// Envelope sender. Default: the address in the message's From: field.
     #[arg(long)]
@@ -357,28 +357,4 @@ fn to_text(r: &Report) -> String {
         s.push_str(&format!("DKIM:      {note}\n"));
     }
     s
-}
-
-pub fn run_config_check(path: &Path) -> ExitCode {
-    let cfg = match Config::load(path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("config error: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let policy = match Policy::new(&cfg.policy) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("config error: {}: {e:#}", path.display());
-            return ExitCode::from(1);
-        }
-    };
-    if let Err(e) = Rewriter::new(&cfg.policy) {
-        eprintln!("config error: {}: {e:#}", path.display());
-        return ExitCode::from(1);
-    }
-    println!("config OK: {}", path.display());
-    print!("{}", policy.describe());
-    ExitCode::SUCCESS
 }
