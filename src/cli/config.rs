@@ -105,8 +105,10 @@ pub fn preflight(cfg: &Config) -> Result<Preflight, ConfigError> {
                 format!("TLS chain certificate {}", i + 1)
             };
             let Some(until) = expiry else {
-                r.warnings
-                    .push(format!("{which} in {}: expiry date unreadable", tls.certificate.display()));
+                r.warnings.push(format!(
+                    "{which} in {}: expiry date unreadable",
+                    tls.certificate.display()
+                ));
                 continue;
             };
             let days = (until - now).whole_days();
@@ -203,10 +205,7 @@ fn check_audit(cfg: &Config, r: &mut Preflight) -> Result<(), ConfigError> {
             }
             if probe.exists() {
                 if !probe.is_dir() {
-                    return Err(cfg.invalid(
-                        key,
-                        format!("{} is not a folder", probe.display()),
-                    ));
+                    return Err(cfg.invalid(key, format!("{} is not a folder", probe.display())));
                 }
                 if !writable(probe) && probe != dir {
                     return Err(cfg.invalid(
@@ -223,10 +222,7 @@ fn check_audit(cfg: &Config, r: &mut Preflight) -> Result<(), ConfigError> {
             match probe.parent() {
                 Some(up) => probe = up,
                 None => {
-                    return Err(cfg.invalid(
-                        key,
-                        format!("folder {} does not exist", dir.display()),
-                    ))
+                    return Err(cfg.invalid(key, format!("folder {} does not exist", dir.display())))
                 }
             }
         }
@@ -367,7 +363,8 @@ fn upstream_is_loopback(address: &str) -> bool {
 /// Whether rule `a`, placed before `b`, matches every message `b` would match (so `b` is dead).
 fn covers(a: &RuleConfig, b: &RuleConfig) -> bool {
     let le = |x: Option<usize>, y: Option<usize>| x.unwrap_or(0) <= y.unwrap_or(0);
-    let lower = |v: &[String]| -> Vec<String> { v.iter().map(|s| s.to_ascii_lowercase()).collect() };
+    let lower =
+        |v: &[String]| -> Vec<String> { v.iter().map(|s| s.to_ascii_lowercase()).collect() };
     let subset = |small: &[String], big: &[String]| {
         let big = lower(big);
         lower(small).iter().all(|s| big.contains(s))
@@ -520,8 +517,7 @@ fn emit_table(out: &mut String, prefix: &str, table: &toml::Table, cfg: &Config)
 
 fn toml_key(k: &str) -> String {
     if !k.is_empty()
-        && k
-            .bytes()
+        && k.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
     {
         k.to_string()
@@ -554,6 +550,9 @@ mod tests {
     fn der_lengths_are_bounded() {
         assert!(der(&[0x30, 0x85, 1, 1, 1, 1, 1]).is_none());
         assert!(der(&[0x30, 0x05, 1]).is_none());
-        assert_eq!(der(&[0x02, 0x01, 7, 9]), Some((0x02, &[7u8][..], &[9u8][..])));
+        assert_eq!(
+            der(&[0x02, 0x01, 7, 9]),
+            Some((0x02, &[7u8][..], &[9u8][..]))
+        );
     }
 }

@@ -182,11 +182,9 @@ fn index_positions(
             DeValue::Array(items) => {
                 for (i, item) in items.iter().enumerate() {
                     let ip = format!("{path}[{i}]");
+                    // For an array of tables the item's span is its `[[...]]` header.
                     let at = pos_of(text, item.span().start);
-                    // An array of tables: the header line of its i-th `[[...]]` is the nearest
-                    // thing to point at; the span starts at its first key.
-                    let header = header_before(text, item.span().start).unwrap_or(at);
-                    out.insert(ip.clone(), (header, at));
+                    out.insert(ip.clone(), (at, at));
                     if let DeValue::Table(t) = item.get_ref() {
                         index_positions(&ip, t, text, out);
                     }
@@ -195,13 +193,6 @@ fn index_positions(
             _ => {}
         }
     }
-}
-
-/// Position of the `[[` header line that starts the table whose body begins at `offset`.
-fn header_before(text: &str, offset: usize) -> Option<Pos> {
-    let before = &text[..text.floor_char_boundary(offset.min(text.len()))];
-    let start = before.rfind("[[")?;
-    Some(pos_of(text, start))
 }
 
 /// Every `BCCGUARD__...` variable as (name, key path, value).
@@ -260,12 +251,7 @@ fn env_value(path: &str, raw: &str, existing: Option<&toml::Value>) -> toml::Val
     toml::Value::String(raw.to_string())
 }
 
-fn apply_env(
-    table: &mut toml::Table,
-    var: &str,
-    path: &str,
-    raw: &str,
-) -> Result<(), ConfigError> {
+fn apply_env(table: &mut toml::Table, var: &str, path: &str, raw: &str) -> Result<(), ConfigError> {
     let mut segments: Vec<&str> = path.split('.').collect();
     let Some(leaf) = segments.pop() else {
         return Ok(());
@@ -337,7 +323,9 @@ pub fn parse(path: &Path) -> Result<Config, ConfigError> {
         ..Origins::default()
     };
     let spanned = DeTable::parse(&text).map_err(|e| {
-        let at = e.span().map_or(Pos { line: 1, col: 1 }, |s| pos_of(&text, s.start));
+        let at = e
+            .span()
+            .map_or(Pos { line: 1, col: 1 }, |s| pos_of(&text, s.start));
         ConfigError::Syntax {
             at: format!("{}:{}:{}", path.display(), at.line, at.col),
             why: e.message().trim().to_string(),
@@ -468,7 +456,10 @@ mod tests {
     #[test]
     fn env_values_take_the_file_values_type() {
         let s = toml::Value::String("x".into());
-        assert_eq!(env_value("server.hostname", "123", Some(&s)).as_str(), Some("123"));
+        assert_eq!(
+            env_value("server.hostname", "123", Some(&s)).as_str(),
+            Some("123")
+        );
         assert_eq!(env_value("a.b", "123", None).as_integer(), Some(123));
         assert_eq!(env_value("a.b", "true", None).as_bool(), Some(true));
         let list = env_value("server.relay_networks", "10.0.0.0/8, 10.1.0.0/16", None);

@@ -30,7 +30,11 @@ pub enum ConfigError {
     Env { var: String, why: String },
     /// `at` is `file:line:col` or `environment variable NAME`; `key` is already worded.
     #[error("{at}: key {key}: {why}")]
-    Invalid { at: String, key: String, why: String },
+    Invalid {
+        at: String,
+        key: String,
+        why: String,
+    },
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -460,7 +464,10 @@ impl Config {
                 Some(r) => r.split_once("')").map_or(r, |(_, after)| after),
                 None => rest,
             };
-            Some((key.to_string(), rest.trim_start_matches(':').trim().to_string()))
+            Some((
+                key.to_string(),
+                rest.trim_start_matches(':').trim().to_string(),
+            ))
         });
         Err(match parsed {
             Some((key, why)) => self.invalid(&key, why),
@@ -643,7 +650,9 @@ impl Config {
             if let Err(e) = tracing_subscriber::EnvFilter::try_new(level) {
                 return Err(self.invalid(
                     "server.log_level",
-                    format!("`{level}` is not a log level ({e}); use error, warn, info, debug or trace"),
+                    format!(
+                        "`{level}` is not a log level ({e}); use error, warn, info, debug or trace"
+                    ),
                 ));
             }
         }

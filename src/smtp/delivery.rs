@@ -4,13 +4,13 @@
 
 use std::borrow::Cow;
 
-use crate::reply::Reply;
 use super::session::Session;
 use crate::audit::{header_digest, AuditEvent};
 use crate::config::{Action, Mode};
 use crate::metrics::RejectReason;
 use crate::policy::Decision;
 use crate::relay::UpstreamError;
+use crate::reply::Reply;
 use crate::rewrite::{Outgoing, RewriteError};
 
 /// The reply for a message whose audit record could not be made durable.

@@ -20,7 +20,6 @@ use tracing::Instrument;
 
 use super::auth::Users;
 use super::observe::Observe;
-use crate::reply::Reply;
 use super::session::Session;
 use super::stream::Conn;
 use crate::audit::AuditLog;
@@ -28,6 +27,7 @@ use crate::config::{Config, ListenerConfig, TlsMode};
 use crate::metrics::RejectReason;
 use crate::policy::Policy;
 use crate::relay::Upstream;
+use crate::reply::Reply;
 use crate::rewrite::Rewriter;
 
 /// What SIGHUP replaces: policy, rewriter (DKIM key), TLS certificates and the users file.

@@ -14,12 +14,12 @@ use tokio::sync::watch;
 
 use super::data::{ChunkChecker, DataError, DataReader, Feed};
 use super::observe::InFlight;
-use crate::reply::Reply;
 use super::server::{Listener, Shared};
 use super::stream::Conn;
 use crate::config::AuthRequirement;
 use crate::metrics::RejectReason;
 use crate::relay::UpstreamSession;
+use crate::reply::Reply;
 
 /// Longest command line we accept (RFC 5321 allows 512; extensions make real ones longer).
 const MAX_COMMAND_LINE: usize = 4096;
