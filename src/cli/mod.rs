@@ -1,5 +1,8 @@
-//! Offline commands for admins: `check`, `config check`, `audit verify|query`, `passwd`.
+//! Offline commands for admins: `check`, `config check|show`, `audit verify|query|report`,
+//! `passwd`.
 
 pub mod audit;
 pub mod check;
 pub mod config;
+pub mod report;
+pub mod when;

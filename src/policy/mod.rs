@@ -87,6 +87,17 @@ impl Policy {
         &self.internal
     }
 
+    /// [`Policy::describe`] on one line (`" | "` between its lines), for logs: one event, one
+    /// line, so journald, syslog and grep keep it whole.
+    pub fn describe_one_line(&self) -> String {
+        self.describe()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" | ")
+    }
+
     /// The effective policy in words (for `config check` and the start-up log).
     pub fn describe(&self) -> String {
         let mut s = String::new();

@@ -171,7 +171,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
             socket,
         ));
     }
-    tracing::info!(policy_version = %live.policy.version(), "policy loaded:\n{}", live.policy.describe());
+    tracing::info!(policy_version = %live.policy.version(), "policy loaded: {}", live.policy.describe_one_line()); // admin: one line
     let shared = Arc::new(Shared {
         relay_networks,
         upstream,
@@ -186,7 +186,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let mut accept_loops = JoinSet::new();
     let sessions = Arc::new(tokio::sync::Mutex::new(JoinSet::new()));
     for (listener, socket) in bound {
-        tracing::info!(address = %listener.local, tls = ?listener.cfg.tls, auth = ?listener.cfg.auth, proxy_protocol = listener.cfg.proxy_protocol, "listening");
+        tracing::info!(address = %listener.local, tls = %listener.cfg.tls, auth = %listener.cfg.auth, proxy_protocol = listener.cfg.proxy_protocol, "listening");
         accept_loops.spawn(accept_loop(
             shared.clone(),
             listener,
@@ -299,7 +299,7 @@ fn reload(shared: &Shared, config_path: &Path) {
             }
             shared.audit.set_policy_version(&version);
             shared.replace_live(live);
-            tracing::info!(old = %old_version, new = %version, "reload: policy, TLS certificates and users reloaded:\n{}", shared.live().policy.describe());
+            tracing::info!(old = %old_version, new = %version, "reload: policy, TLS certificates and users reloaded: {}", shared.live().policy.describe_one_line()); // admin: one line
         }
         Err(e) => tracing::error!("reload refused, keeping the running configuration: {e:#}"),
     }
