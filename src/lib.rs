@@ -16,4 +16,5 @@ pub mod policy;
 pub mod relay;
 pub mod reply;
 pub mod rewrite;
+pub mod service;
 pub mod smtp;

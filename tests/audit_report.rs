@@ -49,7 +49,11 @@ fn specs() -> Vec<Spec> {
             days_ago: [0, 1, 3][i % 5 % 3],
             rule,
             action,
-            mode: if i % 3 == 2 { Mode::Monitor } else { Mode::Enforce },
+            mode: if i % 3 == 2 {
+                Mode::Monitor
+            } else {
+                Mode::Enforce
+            },
             sender: ["alice@example.org", "bob@Example.NET", "carol@example.com"][i % 4 % 3],
         });
     }
@@ -118,7 +122,15 @@ fn report_counts_by_rule_action_mode_domain_and_day() {
     let elsewhere = std::env::temp_dir();
     let (code, out, err) = bccguard(
         &elsewhere,
-        &["audit", "report", "--config", conf.to_str().unwrap(), "--since", "2d", "--json"],
+        &[
+            "audit",
+            "report",
+            "--config",
+            conf.to_str().unwrap(),
+            "--since",
+            "2d",
+            "--json",
+        ],
     );
     assert_eq!(code, Some(0), "{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
@@ -129,24 +141,38 @@ fn report_counts_by_rule_action_mode_domain_and_day() {
     assert_eq!(v["by_mode"]["monitor"], monitor);
     assert_eq!(v["by_mode"]["enforce"], recent.len() as u64 - monitor);
     let rule_rows = v["by_rule"].as_array().unwrap();
-    let trial = rule_rows.iter().find(|r| r["rule"] == "trial-split").unwrap();
+    let trial = rule_rows
+        .iter()
+        .find(|r| r["rule"] == "trial-split")
+        .unwrap();
     assert_eq!(trial["action"], "split");
     assert_eq!(trial["monitor"], monitor);
     assert_eq!(trial["enforce"], 0);
     // Sender domains are compared lower-cased.
     let doms = v["by_sender_domain"].as_array().unwrap();
-    let net = recent.iter().filter(|s| s.sender.ends_with("Example.NET")).count() as u64;
+    let net = recent
+        .iter()
+        .filter(|s| s.sender.ends_with("Example.NET"))
+        .count() as u64;
     assert_eq!(
-        doms.iter().find(|d| d["sender_domain"] == "example.net").unwrap()["total"],
+        doms.iter()
+            .find(|d| d["sender_domain"] == "example.net")
+            .unwrap()["total"],
         net
     );
     assert_eq!(v["by_day"].as_array().unwrap().len(), 2, "{out}");
 
     // Everything: CSV sums to the record count, one row per cell.
-    let (code, csv, _) = bccguard(dir.path(), &["audit", "report", "--config", "bccguard.toml", "--csv"]);
+    let (code, csv, _) = bccguard(
+        dir.path(),
+        &["audit", "report", "--config", "bccguard.toml", "--csv"],
+    );
     assert_eq!(code, Some(0));
     let mut lines = csv.lines();
-    assert_eq!(lines.next(), Some("day,rule,action,mode,sender_domain,count"));
+    assert_eq!(
+        lines.next(),
+        Some("day,rule,action,mode,sender_domain,count")
+    );
     let total: u64 = lines
         .map(|l| l.rsplit(',').next().unwrap().parse::<u64>().unwrap())
         .sum();
@@ -154,14 +180,31 @@ fn report_counts_by_rule_action_mode_domain_and_day() {
 
     let (code, text, _) = bccguard(
         dir.path(),
-        &["audit", "report", "--config", "bccguard.toml", "--since", "yesterday"],
+        &[
+            "audit",
+            "report",
+            "--config",
+            "bccguard.toml",
+            "--since",
+            "yesterday",
+        ],
     );
     assert_eq!(code, Some(0));
     assert!(text.contains("rule (action)"), "{text}");
     assert!(text.contains("trial-split (split)"), "{text}");
     assert!(text.contains("in monitor mode"), "{text}");
 
-    let (code, _, err) = bccguard(dir.path(), &["audit", "report", "--config", "bccguard.toml", "--since", "last week"]);
+    let (code, _, err) = bccguard(
+        dir.path(),
+        &[
+            "audit",
+            "report",
+            "--config",
+            "bccguard.toml",
+            "--since",
+            "last week",
+        ],
+    );
     assert_eq!(code, Some(2));
     assert!(err.contains("--since") && err.contains("7d"), "{err}");
 }
@@ -174,9 +217,14 @@ fn query_filters_by_rule_session_and_message_id() {
         args.extend_from_slice(extra);
         let (code, out, err) = bccguard(dir.path(), &args);
         assert_eq!(code, Some(0), "{err}");
-        out.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+        out.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     };
-    let n = specs().iter().filter(|s| s.rule == Some("many-external")).count();
+    let n = specs()
+        .iter()
+        .filter(|s| s.rule == Some("many-external"))
+        .count();
     let got = q(&["--rule", "many-external"]);
     assert_eq!(got.len(), n);
     assert!(got.iter().all(|r| r["rule"] == "many-external"));
@@ -184,7 +232,10 @@ fn query_filters_by_rule_session_and_message_id() {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0]["session"], "sess-7");
     assert_eq!(q(&["--message-id", "<m4@example.org>"]).len(), 1);
-    assert_eq!(q(&["--message-id", "m4@example.org"])[0]["session"], "sess-4");
+    assert_eq!(
+        q(&["--message-id", "m4@example.org"])[0]["session"],
+        "sess-4"
+    );
     assert!(q(&["--rule", "nope"]).is_empty());
 }
 
@@ -196,7 +247,10 @@ fn a_missing_log_is_an_error_not_an_empty_result() {
         let (code, out, err) = bccguard(dir.path(), &["audit", cmd, "--config", "bccguard.toml"]);
         assert_eq!(code, Some(2), "{cmd}: {out}{err}");
         assert!(err.contains("does not exist"), "{cmd}: {err}");
-        assert!(err.contains(&dir.path().join("audit.jsonl").display().to_string()), "{err}");
+        assert!(
+            err.contains(&dir.path().join("audit.jsonl").display().to_string()),
+            "{err}"
+        );
     }
 }
 

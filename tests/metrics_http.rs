@@ -250,11 +250,17 @@ async fn livez_stays_up_while_readyz_reports_an_outage() {
     let r = request(server.addr, "GET", "/readyz", None).await;
     assert_eq!(r.status, 503);
     assert!(r.body.contains("upstream unreachable"), "{}", r.body);
-    assert_eq!(request(server.addr, "GET", "/healthz", None).await.status, 503);
+    assert_eq!(
+        request(server.addr, "GET", "/healthz", None).await.status,
+        503
+    );
     let r = request(server.addr, "GET", "/livez", None).await;
     assert_eq!((r.status, r.body.as_str()), (200, "ok\n"));
     toggle.ready.store(true, Ordering::SeqCst);
-    assert_eq!(request(server.addr, "GET", "/readyz", None).await.status, 200);
+    assert_eq!(
+        request(server.addr, "GET", "/readyz", None).await.status,
+        200
+    );
     server.stop.send(true).unwrap();
     server.task.await.unwrap().unwrap();
 }

@@ -347,7 +347,11 @@ impl Filter {
                 return false;
             }
         }
-        if self.rule.as_ref().is_some_and(|n| r.rule.as_ref() != Some(n)) {
+        if self
+            .rule
+            .as_ref()
+            .is_some_and(|n| r.rule.as_ref() != Some(n))
+        {
             return false;
         }
         if self.session.as_ref().is_some_and(|s| &r.session != s) {

@@ -81,12 +81,15 @@ impl Report {
     }
 
     fn mode_totals(&self) -> (u64, u64) {
-        self.by(|_| ())
-            .first()
-            .map_or((0, 0), |&(_, e, m)| (e, m))
+        self.by(|_| ()).first().map_or((0, 0), |&(_, e, m)| (e, m))
     }
 
-    pub fn to_json(&self, since: Option<&Bound>, until: Option<&Bound>, log: &Path) -> serde_json::Value {
+    pub fn to_json(
+        &self,
+        since: Option<&Bound>,
+        until: Option<&Bound>,
+        log: &Path,
+    ) -> serde_json::Value {
         let rows = |v: Vec<(String, u64, u64)>, name: &str| -> Vec<serde_json::Value> {
             v.into_iter()
                 .map(|(k, e, m)| json!({name: k, "enforce": e, "monitor": m, "total": e + m}))
@@ -152,7 +155,12 @@ impl Report {
             return s;
         }
         let table = |s: &mut String, title: &str, rows: Vec<(String, u64, u64)>| {
-            let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(0).max(title.len());
+            let w = rows
+                .iter()
+                .map(|r| r.0.len())
+                .max()
+                .unwrap_or(0)
+                .max(title.len());
             s.push_str(&format!(
                 "\n{title:<w$}  {:>8}  {:>8}  {:>8}\n",
                 "enforce", "monitor", "total"
@@ -161,11 +169,7 @@ impl Report {
                 s.push_str(&format!("{k:<w$}  {e:>8}  {m:>8}  {:>8}\n", e + m));
             }
         };
-        table(
-            &mut s,
-            "action",
-            self.by(|k| k.action.as_str().to_string()),
-        );
+        table(&mut s, "action", self.by(|k| k.action.as_str().to_string()));
         table(
             &mut s,
             "rule (action)",
@@ -180,7 +184,9 @@ impl Report {
         domains.truncate(20);
         table(&mut s, "sender domain", domains);
         if more > 0 {
-            s.push_str(&format!("... and {more} more sender domains (--csv lists all)\n"));
+            s.push_str(&format!(
+                "... and {more} more sender domains (--csv lists all)\n"
+            ));
         }
         table(&mut s, "day", self.by(|k| k.day.clone()));
         s

@@ -21,13 +21,17 @@ const HELP: &str = "use 7d, 12h, 30m, 2w, today, yesterday, a date (2026-05-01),
 /// Parses `s` relative to `now`; `is_until` selects the end of a named day.
 pub fn parse_bound(s: &str, is_until: bool, now: OffsetDateTime) -> Result<Bound, String> {
     let s = s.trim();
-    let point = |at| Ok(Bound {
-        at,
-        inclusive: true,
-    });
+    let point = |at| {
+        Ok(Bound {
+            at,
+            inclusive: true,
+        })
+    };
     let day = |d: Date| -> Result<Bound, String> {
         if is_until {
-            let next = d.next_day().ok_or_else(|| format!("`{s}` is out of range"))?;
+            let next = d
+                .next_day()
+                .ok_or_else(|| format!("`{s}` is out of range"))?;
             Ok(Bound {
                 at: next.midnight().assume_utc(),
                 inclusive: false,
@@ -40,7 +44,10 @@ pub fn parse_bound(s: &str, is_until: bool, now: OffsetDateTime) -> Result<Bound
         "now" => return point(now),
         "today" => return day(now.date()),
         "yesterday" => {
-            return day(now.date().previous_day().ok_or("`yesterday` is out of range")?)
+            return day(now
+                .date()
+                .previous_day()
+                .ok_or("`yesterday` is out of range")?)
         }
         _ => {}
     }
@@ -112,14 +119,26 @@ mod tests {
 
     #[test]
     fn relative_and_named_times() {
-        assert_eq!(parse_bound("7d", false, now()).unwrap().at, at("2026-11-25T13:30:00Z"));
-        assert_eq!(parse_bound("36h", false, now()).unwrap().at, at("2026-12-01T01:30:00Z"));
-        assert_eq!(parse_bound("2w", false, now()).unwrap().at, at("2026-11-18T13:30:00Z"));
+        assert_eq!(
+            parse_bound("7d", false, now()).unwrap().at,
+            at("2026-11-25T13:30:00Z")
+        );
+        assert_eq!(
+            parse_bound("36h", false, now()).unwrap().at,
+            at("2026-12-01T01:30:00Z")
+        );
+        assert_eq!(
+            parse_bound("2w", false, now()).unwrap().at,
+            at("2026-11-18T13:30:00Z")
+        );
         let y = parse_bound("yesterday", false, now()).unwrap();
         assert_eq!(y.at, at("2026-12-01T00:00:00Z"));
         let y = parse_bound("Yesterday", true, now()).unwrap();
         assert_eq!((y.at, y.inclusive), (at("2026-12-02T00:00:00Z"), false));
-        assert_eq!(parse_bound("today", false, now()).unwrap().at, at("2026-12-02T00:00:00Z"));
+        assert_eq!(
+            parse_bound("today", false, now()).unwrap().at,
+            at("2026-12-02T00:00:00Z")
+        );
     }
 
     #[test]
@@ -135,7 +154,9 @@ mod tests {
             at("2026-05-01T10:15:30Z")
         );
         assert_eq!(
-            parse_bound("2026-05-01T10:15:30+02:00", false, now()).unwrap().at,
+            parse_bound("2026-05-01T10:15:30+02:00", false, now())
+                .unwrap()
+                .at,
             at("2026-05-01T08:15:30Z")
         );
         let err = parse_bound("someday", false, now()).unwrap_err();

@@ -200,7 +200,9 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         spawn_metrics_endpoint(&mc.address, m, &shared, shutdown_rx.clone()).await?;
     }
 
+    crate::service::ready("accepting mail"); // admin: systemd Type=notify
     wait_for_stop_signal(&shared, &config_path).await;
+    crate::service::stopping(); // admin: systemd Type=notify
     tracing::info!("shutting down: no new connections; transactions in flight may finish");
     let _ = shutdown_tx.send(true);
     accept_loops.shutdown().await;
@@ -299,7 +301,8 @@ fn reload(shared: &Shared, config_path: &Path) {
             }
             shared.audit.set_policy_version(&version);
             shared.replace_live(live);
-            tracing::info!(old = %old_version, new = %version, "reload: policy, TLS certificates and users reloaded: {}", shared.live().policy.describe_one_line()); // admin: one line
+            tracing::info!(old = %old_version, new = %version, "reload: policy, TLS certificates and users reloaded: {}", shared.live().policy.describe_one_line());
+            // admin: one line
         }
         Err(e) => tracing::error!("reload refused, keeping the running configuration: {e:#}"),
     }
