@@ -36,7 +36,9 @@ sinkdir=$(mktemp -d); chmod 777 "$sinkdir"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 smtp-sink -u nobody -d "$sinkdir/%M." -c "127.0.0.1:$port" 100 & sink=$!
 echo "BCCGUARD__UPSTREAM__ADDRESS=127.0.0.1:$port" > /etc/default/bccguard
-(cd /var/lib/bccguard && exec runuser -u bccguard -- env "BCCGUARD__UPSTREAM__ADDRESS=127.0.0.1:$port" \
+# setpriv execs (no helper process in between), so $relay is the relay itself.
+(cd /var/lib/bccguard && exec env "BCCGUARD__UPSTREAM__ADDRESS=127.0.0.1:$port" \
+    setpriv --reuid=bccguard --regid=bccguard --init-groups \
     bccguard serve --config /etc/bccguard/bccguard.toml) 2>"$sinkdir/relay.log" & relay=$!
 for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/2525) 2>/dev/null && break; sleep 0.2; done
 swaks --server 127.0.0.1:2525 --from me@example.org --to a@partner.example \
@@ -48,7 +50,8 @@ curl -fsS http://127.0.0.1:9025/livez | grep -q ok || fail "/livez"
 runuser -u bccguard -- bccguard audit report --since 1h --json | python3 -c '
 import json,sys; r=json.load(sys.stdin); assert r["by_mode"]["monitor"]==1, r; print("audit report:", r["by_rule"])'
 bccguard audit verify >/dev/null || fail "audit verify"
-kill -TERM "$relay"; wait "$relay" || fail "relay did not stop cleanly"; relay=
+kill -TERM "$relay"; wait "$relay" || { cat "$sinkdir/relay.log"; fail "relay did not stop cleanly"; }; relay=
+grep -q 'policy loaded: Mode: monitor' "$sinkdir/relay.log" || fail "no one-line policy in the log"
 kill "$sink" 2>/dev/null; sink=
 
 echo "==> purge"

@@ -57,7 +57,7 @@ pub fn run_config_check(path: &Path) -> ExitCode {
         println!("  {c}");
     }
     if !report.warnings.is_empty() {
-        println!("Warnings: {} (see above)", report.warnings.len());
+        println!("Warnings: {} (on stderr)", report.warnings.len());
     }
     print!("{}", policy.describe());
     ExitCode::SUCCESS
