@@ -10,7 +10,9 @@ export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --release --locked
 mkdir -p target/assets
 bin=target/release/bccguard
-"$bin" generate man | gzip -9n > target/assets/bccguard.1.gz
+rm -rf target/assets/man && mkdir -p target/assets/man
+"$bin" generate man --dir target/assets/man
+gzip -9n target/assets/man/*.1
 "$bin" generate completions bash > target/assets/bccguard.bash
 "$bin" generate completions zsh > target/assets/_bccguard
 "$bin" generate completions fish > target/assets/bccguard.fish

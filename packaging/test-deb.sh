@@ -22,6 +22,7 @@ test -f /lib/systemd/system/bccguard.service || test -f /usr/lib/systemd/system/
 grep -q '^Type=notify' /lib/systemd/system/bccguard.service /usr/lib/systemd/system/bccguard.service 2>/dev/null || fail "unit not Type=notify"
 test -f /usr/share/man/man1/bccguard.1.gz || fail "no man page"
 zcat /usr/share/man/man1/bccguard.1.gz | grep -q 'audit' || fail "man page lacks the audit command"
+test -f /usr/share/man/man1/bccguard-audit-report.1.gz || fail "no man page for audit report"
 test -f /usr/share/bash-completion/completions/bccguard || fail "no bash completion"
 if file /usr/bin/bccguard | grep -q 'with debug_info'; then fail "binary not stripped of debug info"; fi
 echo "binary: $(du -h /usr/bin/bccguard | cut -f1)"

@@ -75,8 +75,12 @@ enum ConfigCommand {
 
 #[derive(Subcommand)]
 enum Generate {
-    /// The man page bccguard(1), roff.
-    Man,
+    /// The man page bccguard(1) to stdout, or with --dir every page (bccguard-audit-report(1) ...).
+    Man {
+        /// Write bccguard.1 and one page per subcommand into this folder.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Shell completions.
     Completions {
         #[arg(value_enum)]
@@ -141,7 +145,13 @@ fn generate(what: Generate) -> ExitCode {
     let mut cmd = Cli::command();
     let mut out = std::io::stdout();
     match what {
-        Generate::Man => {
+        Generate::Man { dir: Some(dir) } => {
+            if let Err(e) = clap_mangen::generate_to(cmd, &dir) {
+                eprintln!("bccguard generate man: {}: {e}", dir.display());
+                return ExitCode::from(1);
+            }
+        }
+        Generate::Man { dir: None } => {
             if let Err(e) = clap_mangen::Man::new(cmd).render(&mut out) {
                 eprintln!("bccguard generate man: {e}");
                 return ExitCode::from(1);
