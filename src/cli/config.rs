@@ -328,6 +328,17 @@ fn warnings(cfg: &Config, r: &mut Preflight) {
             o.locate("policy")
         ));
     }
+    if let Ok(nets) = cfg.relay_networks() {
+        for (i, n) in nets.iter().enumerate() {
+            if is_wide_public(n) {
+                r.warnings.push(format!(
+                    "{}: key `server.relay_networks` entry {} `{n}` is a large public network: everyone in it may relay without AUTH",
+                    o.locate("server.relay_networks"),
+                    i + 1
+                ));
+            }
+        }
+    }
     if cfg.upstream.allow_invalid_certs {
         r.warnings.push(format!(
             "{}: key `upstream.allow_invalid_certs` is on: the upstream's certificate is not checked",
@@ -349,6 +360,23 @@ fn warnings(cfg: &Config, r: &mut Preflight) {
                 i + 1,
                 rule.name
             ));
+        }
+    }
+}
+
+/// A network wider than a /16 (IPv4) or /32 (IPv6) outside private, loopback and link-local space.
+fn is_wide_public(n: &ipnet::IpNet) -> bool {
+    match n {
+        ipnet::IpNet::V4(v4) => {
+            let a = v4.network();
+            v4.prefix_len() < 16 && !(a.is_private() || a.is_loopback() || a.is_link_local())
+        }
+        ipnet::IpNet::V6(v6) => {
+            let a = v6.network();
+            let local = a.is_loopback()
+                || (a.segments()[0] & 0xfe00) == 0xfc00
+                || (a.segments()[0] & 0xffc0) == 0xfe80;
+            v6.prefix_len() < 32 && !local
         }
     }
 }
@@ -544,6 +572,16 @@ mod tests {
         assert!(covers(&a, &b));
         a.except_recipients = vec!["list@example.net".into()];
         assert!(!covers(&a, &b));
+    }
+
+    #[test]
+    fn wide_public_relay_networks_are_flagged() {
+        let wide = |s: &str| is_wide_public(&s.parse().unwrap());
+        assert!(wide("8.0.0.0/8"));
+        assert!(!wide("10.0.0.0/8"));
+        assert!(!wide("203.0.113.0/24"));
+        assert!(wide("2000::/3"));
+        assert!(!wide("fd00::/8"));
     }
 
     #[test]
