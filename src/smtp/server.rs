@@ -254,7 +254,10 @@ async fn spawn_metrics_endpoint(
         shared.cfg.audit.path.display().to_string(),
         Arc::new(move || audit_shared.audit.is_writable()),
     );
-    tracing::info!(address, "metrics at /metrics, readiness at /readyz (= /healthz), liveness at /livez");
+    tracing::info!(
+        address,
+        "metrics at /metrics, readiness at /readyz (= /healthz), liveness at /livez"
+    );
     tokio::spawn(async move {
         if let Err(e) = crate::metrics::serve(socket, metrics, Arc::new(health), shutdown).await {
             tracing::error!("metrics endpoint stopped: {e:#}");
