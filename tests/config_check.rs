@@ -433,6 +433,21 @@ fn a_bad_value_from_the_environment_names_the_variable() {
         "blamed the file: {}",
         r.err
     );
+
+    // A misspelt section in a variable name is the variable's fault too.
+    let r = run(
+        dir.path(),
+        &["config", "check", "--config", file.to_str().unwrap()],
+        &[("BCCGUARD__UPSTRAEM__ADDRESS", "10.0.0.5:25")],
+    );
+    assert_eq!(r.code, Some(1));
+    assert!(
+        r.err
+            .contains("environment variable BCCGUARD__UPSTRAEM__ADDRESS")
+            && r.err.contains("unknown key `upstraem`"),
+        "{}",
+        r.err
+    );
 }
 
 #[test]

@@ -66,15 +66,27 @@ impl Origins {
         }
     }
 
-    /// The variable that set this key, or a key above it.
+    /// The variable that set this key, a key above it, or (for a section that only the
+    /// environment created, e.g. from a misspelt `BCCGUARD__UPSTRAEM__ADDRESS`) a key below it.
     pub fn env_var_of(&self, path: &str) -> Option<&str> {
         let mut p = path;
         loop {
             if let Some(v) = self.env.get(p) {
                 return Some(v);
             }
-            p = parent(p)?;
+            match parent(p) {
+                Some(up) => p = up,
+                None => break,
+            }
         }
+        if self.positions.contains_key(path) {
+            return None;
+        }
+        let below = format!("{path}.");
+        self.env
+            .iter()
+            .find(|(k, _)| k.starts_with(&below))
+            .map(|(_, v)| v.as_str())
     }
 
     /// `policy.rule[0].action` -> `policy.rule[1].action` (the 1st rule, 'name'): indices count
