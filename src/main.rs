@@ -57,6 +57,11 @@ enum Command {
     },
     /// Read a password on stdin and print a users-file line hash for it.
     Passwd,
+    /// Spool of split copies waiting for a retry.
+    Spool {
+        #[command(subcommand)]
+        command: bccguard::cli::spool::SpoolCommand,
+    },
     /// Write the man page or shell completions to stdout.
     Generate {
         #[command(subcommand)]
@@ -88,20 +93,10 @@ enum Generate {
     },
 }
 
-/// `RUST_LOG` wins; else the config's `server.log_level`; else `info`.
+/// `RUST_LOG` wins; else the config's `server.log_level`; else `info`. Client text is escaped
+/// in every format (log forging, issue 12.5).
 fn init_logging(format: LogFormat, level: Option<&str>) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level.unwrap_or("info")))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour codes only for a person at a terminal, not in files or journald.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    bccguard::logging::init_with_level(matches!(format, LogFormat::Json), level);
 }
 
 /// Offline commands print to stdout; `bccguard audit query | head -1` closes the pipe early.
@@ -137,6 +132,7 @@ fn main() -> ExitCode {
         } => bccguard::cli::config::run_config_show(&args.config),
         Command::Audit { command } => bccguard::cli::audit::run(&command),
         Command::Passwd => bccguard::smtp::auth::run_passwd(),
+        Command::Spool { command } => bccguard::cli::spool::run(&command),
         Command::Generate { what } => generate(what),
     }
 }

@@ -27,6 +27,7 @@ fn cfg_in(dir: &Path, recipients: RecipientStorage, rotate_bytes: u64) -> AuditC
         hmac_key_file: dir.join("keys/audit.key"),
         log_accepts: false,
         rotate_bytes,
+        new_key: false,
     }
 }
 
@@ -135,7 +136,10 @@ fn intact_log_has_documented_fields_and_verifies() {
     assert!(!text.to_lowercase().contains("carol"));
     assert!(text.contains("alice@example.org"), "sender is kept as-is");
     // The hash member is last and the field order is fixed.
-    assert!(ls[0].starts_with("{\"time\":\"") && ls[0].contains(",\"seq\":1,\"session\":"));
+    assert!(
+        ls[0].starts_with("{\"time\":\"")
+            && ls[0].contains(",\"seq\":1,\"kind\":\"record\",\"session\":")
+    );
     assert!(ls[0].ends_with(&format!(",\"hash\":\"{}\"}}", first.hash)));
     let second: Record = serde_json::from_str(&ls[1]).unwrap();
     assert_eq!(second.prev, first.hash);
@@ -791,4 +795,494 @@ fn verify_while_the_relay_writes_and_rotates() {
     assert!(!audit::is_live(&cfg.path));
     assert_eq!(audit::verify(&cfg.path).unwrap().last_seq, Some(600));
     println!("{checks} live verifications");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Two-phase records, bounded size, key changes, full disk and immutable log (issue 11).
+
+fn outcome(decision_seq: u64, result: audit::OutcomeResult) -> audit::AuditOutcome {
+    audit::AuditOutcome {
+        decision_seq,
+        session: format!("sess-{decision_seq}"),
+        upstream: Some("250 2.0.0 Ok: queued as ABC".to_string()),
+        header_digest_forwarded: Some(audit::header_digest(b"To: undisclosed-recipients:;\r\n")),
+        result,
+    }
+}
+
+#[test]
+fn decisions_and_outcomes_chain_and_verify_lists_the_open_ones() {
+    let dir = tempdir();
+    let cfg = cfg_in(dir.path(), RecipientStorage::Hmac, 0);
+    let log = AuditLog::open(&cfg, "pv").unwrap();
+    let rt = rt();
+    let d1 = rt.block_on(log.record_decision(event(1))).unwrap();
+    let d2 = rt.block_on(log.record_decision(event(2))).unwrap();
+    let r3 = rt.block_on(log.record(event(3))).unwrap();
+    let o1 = rt
+        .block_on(log.record_outcome(outcome(d1, audit::OutcomeResult::Delivered)))
+        .unwrap();
+    let d4 = rt.block_on(log.record_decision(event(4))).unwrap();
+    let o4 = rt
+        .block_on(log.record_outcome(outcome(d4, audit::OutcomeResult::Refused)))
+        .unwrap();
+    assert_eq!((d1, d2, r3, o1, d4, o4), (1, 2, 3, 4, 5, 6));
+    drop(log);
+
+    let ls = lines(&cfg.path);
+    assert!(
+        ls[0].contains(",\"seq\":1,\"kind\":\"decision\","),
+        "{}",
+        ls[0]
+    );
+    assert!(ls[2].contains("\"kind\":\"record\""), "{}", ls[2]);
+    assert!(
+        ls[3].contains(",\"seq\":4,\"kind\":\"outcome\",\"session\":\"sess-1\",\"decision_seq\":1,\"result\":\"delivered\","),
+        "{}",
+        ls[3]
+    );
+    let r = audit::verify(&cfg.path).unwrap();
+    assert_eq!(
+        (r.records, r.decisions, r.outcomes, r.one_shot),
+        (6, 3, 2, 1)
+    );
+    assert_eq!(r.decisions_without_outcome, [2]);
+
+    // An outcome edited to point elsewhere breaks the chain like any other edit.
+    let conf = config_file(dir.path(), &cfg);
+    let conf = conf.to_str().unwrap();
+    let (code, out, err) = bccguard(&["audit", "verify", "--config", conf]);
+    println!("{out}");
+    assert_eq!(
+        code,
+        Some(0),
+        "a missing outcome is reported, not a failure: {out}{err}"
+    );
+    assert!(
+        out.contains("1 decisions without an outcome record: seq 2; the relay stopped or could not write the outcome after forwarding"),
+        "{out}"
+    );
+    assert!(
+        out.contains("3 decisions, 2 outcomes, 1 one-shot records"),
+        "{out}"
+    );
+
+    // query shows each decision with its outcome, and no outcome line on its own.
+    let (code, out, err) = bccguard(&["audit", "query", "--config", conf, "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let shown: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(shown.len(), 4, "{out}");
+    assert_eq!(shown[0]["kind"], "decision");
+    assert_eq!(shown[0]["outcome"]["result"], "delivered");
+    assert_eq!(shown[0]["outcome"]["seq"], 4);
+    assert!(shown[1]["outcome"].is_null(), "{}", shown[1]);
+    assert_eq!(shown[2]["kind"], "record");
+    assert!(shown[2].get("outcome").is_none());
+    assert_eq!(shown[3]["outcome"]["result"], "refused");
+    let (_, out, _) = bccguard(&["audit", "query", "--config", conf]);
+    let human: Vec<&str> = out.lines().collect();
+    assert!(human[0].contains("outcome=delivered (seq 4)"), "{out}");
+    assert!(human[1].contains("outcome=none"), "{out}");
+
+    let mut ls = ls;
+    ls[3] = ls[3].replace("\"decision_seq\":1", "\"decision_seq\":2");
+    write_lines(&cfg.path, &ls);
+    let b = broken(&cfg.path);
+    assert_eq!(b.seq, Some(4), "{b}");
+}
+
+/// A size line of /proc/self/status (`VmRSS:`, `VmHWM:` = peak), KiB.
+fn rss_kib(field: &str) -> u64 {
+    fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn two_million_visible_addresses_make_a_bounded_record_that_survives_restart() {
+    const N: usize = 2_000_000;
+    let dir = tempdir();
+    let cfg = cfg_in(dir.path(), RecipientStorage::Hmac, 0);
+    let visible: Vec<String> = (0..N)
+        .map(|i| format!("user{i}@dest{}.example", i % 7))
+        .collect();
+    let list_bytes: usize = visible.iter().map(|a| a.len()).sum();
+    let mut e = event(1);
+    e.visible = visible;
+    e.visible_external = N;
+    e.envelope_recipients = N;
+    let log = AuditLog::open(&cfg, "pv").unwrap();
+    let rt = rt();
+    let key = audit::HmacKey::load(&cfg.hmac_key_file).unwrap();
+    let first = e.visible[0].clone();
+    let hundred_and_first = e.visible[100].clone();
+
+    // Peak RSS from here on (echo 5 > clear_refs resets VmHWM; other tests share the process).
+    let _ = fs::write("/proc/self/clear_refs", "5");
+    let rss_before = rss_kib("VmRSS:");
+    let started = Instant::now();
+    // A small record sent meanwhile is not held up by the huge one's summary.
+    let (seq, small_seq) = rt.block_on(async {
+        let small = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            log.record(event(2)).await.unwrap()
+        };
+        let (big, small) = tokio::join!(log.record_decision(e), small);
+        (big.unwrap(), small)
+    });
+    let took = started.elapsed();
+    let peak = rss_kib("VmHWM:");
+    assert!(
+        small_seq < seq,
+        "a small record waited for the huge one ({small_seq} > {seq})"
+    );
+    rt.block_on(log.record_outcome(outcome(seq, audit::OutcomeResult::Delivered)))
+        .unwrap();
+    drop(log); // close: the relay stops (SIGTERM)
+
+    let size = fs::metadata(&cfg.path).unwrap().len();
+    let ls = lines(&cfg.path);
+    let record_size = ls[1].len() + 1;
+    println!(
+        "2,000,000 visible addresses ({list_bytes} bytes of addresses): record {record_size} bytes, \
+         log {size} bytes, written in {took:?}; test process RSS {rss_before} KiB with the list, \
+         peak {peak} KiB while recording (+{} KiB)",
+        peak.saturating_sub(rss_before)
+    );
+    assert!(record_size <= audit::MAX_RECORD_BYTES, "{record_size}");
+    let r: Record = serde_json::from_str(&ls[1]).unwrap();
+    assert_eq!((r.seq, r.kind), (seq, audit::Kind::Decision));
+    assert_eq!(r.visible_count, N);
+    let summary = r.recipients_summary.clone().expect("summarised");
+    assert_eq!(
+        (summary.count, summary.listed),
+        (N, audit::LISTED_WHEN_SUMMARISED)
+    );
+    // Its form is checked against a hand-made digest in the unit tests (audit::bound).
+    assert!(summary.sha256.len() == 64 && summary.sha256.bytes().all(|b| b.is_ascii_hexdigit()));
+    let listed = r.recipients.unwrap();
+    assert_eq!(listed.len(), 100);
+    assert_eq!(listed[0], key.pseudonym(&first));
+
+    // Restart: nothing is moved aside, the chain goes on, verify counts the record.
+    assert_eq!(write_records(&cfg, 3, 1), [4]);
+    let v = audit::verify(&cfg.path).unwrap();
+    assert_eq!(
+        (v.records, v.decisions, v.outcomes, v.one_shot),
+        (4, 1, 1, 2)
+    );
+    assert!(
+        v.torn.is_empty(),
+        "a complete record was moved aside: {:?}",
+        v.torn
+    );
+    let (code, out, err) = bccguard(&["audit", "verify", cfg.path.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("4 records, chain intact"), "{out}");
+
+    // The listed pseudonyms are searchable; the rest are covered by the digest only.
+    let conf = config_file(dir.path(), &cfg);
+    let conf = conf.to_str().unwrap();
+    let (_, out, _) = bccguard(&["audit", "query", "--config", conf, "--recipient", &first]);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    let (_, out, err) = bccguard(&[
+        "audit",
+        "query",
+        "--config",
+        conf,
+        "--recipient",
+        &hundred_and_first,
+    ]);
+    assert_eq!(out.lines().count(), 0, "{out}");
+    assert!(err.contains("1 record(s) list only the first 100"), "{err}");
+}
+
+#[test]
+fn huge_free_text_and_plain_lists_are_cut_to_the_bound() {
+    let dir = tempdir();
+    let cfg = cfg_in(dir.path(), RecipientStorage::Plain, 0);
+    let log = AuditLog::open(&cfg, "pv").unwrap();
+    let mut e = event(1);
+    e.message_id = Some(format!("<{}@example.org>", "x".repeat(300_000)));
+    e.reason = "\u{1}".repeat(100_000); // escapes to six bytes each
+    e.visible = (0..400)
+        .map(|i| format!("{}{i}@example.net", "l".repeat(240)))
+        .collect();
+    let seq = rt().block_on(log.record(e)).unwrap();
+    drop(log);
+    let ls = lines(&cfg.path);
+    println!(
+        "record with 300 kB Message-ID, 600 kB escaped reason, 400 long addresses: {} bytes",
+        ls[0].len() + 1
+    );
+    assert!(ls[0].len() < audit::MAX_RECORD_BYTES);
+    let r: Record = serde_json::from_str(&ls[0]).unwrap();
+    assert_eq!(r.seq, seq);
+    assert!(r.message_id.unwrap().contains("bytes in all]"));
+    assert_eq!(r.visible_count, 400);
+    let s = r.recipients_summary.expect("summarised");
+    assert_eq!(s.count, 400);
+    assert_eq!(r.recipients.unwrap().len(), s.listed);
+    audit::verify(&cfg.path).unwrap();
+}
+
+#[test]
+fn a_complete_record_over_16_mib_is_never_cut_on_open() {
+    // Logs written before records were bounded can hold such lines (issue 11 item 3).
+    let dir = tempdir();
+    let cfg = cfg_in(dir.path(), RecipientStorage::Hmac, 0);
+    write_records(&cfg, 1, 1);
+    let prev: Record = serde_json::from_str(&lines(&cfg.path)[0]).unwrap();
+    let mut big = prev.clone();
+    big.seq = 2;
+    big.prev = prev.hash.clone();
+    big.recipients = Some(vec![format!("hmac:{}", "ab".repeat(32)); 260_000]);
+    big.visible_count = 260_000;
+    let line = big.seal().unwrap();
+    assert!(line.len() > 16 * 1024 * 1024, "{}", line.len());
+    let mut bytes = fs::read(&cfg.path).unwrap();
+    bytes.extend_from_slice(&line);
+    fs::write(&cfg.path, &bytes).unwrap();
+
+    assert_eq!(write_records(&cfg, 3, 1), [3]);
+    let r = audit::verify(&cfg.path).unwrap();
+    assert_eq!(r.records, 3);
+    assert!(r.torn.is_empty(), "{:?}", r.torn);
+    println!("a {} byte record was kept on reopen", line.len());
+}
+
+#[test]
+fn missing_key_file_refuses_open_unless_a_new_key_is_asked_for() {
+    let dir = tempdir();
+    let mut cfg = cfg_in(dir.path(), RecipientStorage::Hmac, 0);
+    write_records(&cfg, 1, 3);
+    let old_id = audit::HmacKey::load(&cfg.hmac_key_file).unwrap().key_id();
+    fs::remove_file(&cfg.hmac_key_file).unwrap();
+
+    assert!(matches!(
+        audit::check_key_file(&cfg),
+        Err(audit::AuditError::KeyMissing { .. })
+    ));
+    let err = match AuditLog::open(&cfg, "pv") {
+        Ok(_) => panic!("opened a log with records without its key"),
+        Err(e) => format!("{e:#}"),
+    };
+    println!("{err}");
+    assert!(
+        err.contains(&cfg.hmac_key_file.display().to_string()),
+        "{err}"
+    );
+    assert!(err.contains("Restore the key file"), "{err}");
+    assert!(
+        err.contains("audit.new_key = true") && err.contains("BCCGUARD__AUDIT__NEW_KEY=true"),
+        "{err}"
+    );
+    assert!(!cfg.hmac_key_file.exists(), "no key may be made silently");
+    assert_eq!(
+        audit::verify(&cfg.path).unwrap().records,
+        3,
+        "log untouched"
+    );
+
+    // Through the binary: `serve` refuses to start, naming the file.
+    let conf = config_file(dir.path(), &cfg);
+    let conf = conf.to_str().unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config", conf])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert_ne!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("audit.new_key"), "serve output: {text}");
+    assert!(!cfg.hmac_key_file.exists());
+
+    // Asked for explicitly: a new key, and a `key` line in the chain before the next record.
+    cfg.new_key = true;
+    audit::check_key_file(&cfg).unwrap();
+    assert_eq!(write_records(&cfg, 4, 1), [5]);
+    let new_key = audit::HmacKey::load(&cfg.hmac_key_file).unwrap();
+    assert_ne!(new_key.key_id(), old_id);
+    let ls = lines(&cfg.path);
+    let key_line: audit::KeyRecord = serde_json::from_str(&ls[3]).unwrap();
+    assert_eq!((key_line.seq, key_line.kind), (4, audit::Kind::Key));
+    assert_eq!(key_line.key_id, new_key.key_id());
+    assert!(!ls[3].contains(
+        &fs::read_to_string(&cfg.hmac_key_file)
+            .unwrap()
+            .trim()
+            .to_string()
+    ));
+    let r = audit::verify(&cfg.path).unwrap();
+    assert_eq!((r.records, r.key_changes.clone()), (5, vec![4]));
+    // Restarting with new_key still set and the key present: no second key line.
+    assert_eq!(write_records(&cfg, 5, 1), [6]);
+
+    // query --recipient says that older records were made under another key.
+    let conf = config_file(dir.path(), &cfg);
+    let conf = conf.to_str().unwrap();
+    let (code, out, err) = bccguard(&[
+        "audit",
+        "query",
+        "--config",
+        conf,
+        "--recipient",
+        "Carol@other.example",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        out.lines().count(),
+        2,
+        "records 5 and 6 match under the new key: {out}"
+    );
+    assert!(
+        err.contains("3 record(s) (the last at seq 3) were made under another HMAC key"),
+        "{err}"
+    );
+    let (_, out, _) = bccguard(&["audit", "verify", "--config", conf]);
+    assert!(out.contains("HMAC key changed at seq 4"), "{out}");
+}
+
+/// Unmounts (and for chattr: clears the flag) however the test ends.
+struct Cleanup(Vec<Vec<String>>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for cmd in self.0.iter().rev() {
+            let _ = Command::new(&cmd[0]).args(&cmd[1..]).status();
+        }
+    }
+}
+
+/// Sends `n` decisions from 20 concurrent tasks; returns (attempted, ok seqs, errors).
+fn concurrent_decisions(log: &Arc<AuditLog>, n: usize) -> (usize, Vec<u64>, usize) {
+    rt().block_on(async {
+        let mut tasks = Vec::new();
+        for t in 0..20 {
+            let log = Arc::clone(log);
+            tasks.push(tokio::spawn(async move {
+                let mut ok = Vec::new();
+                let mut err = 0;
+                for i in (t..n).step_by(20) {
+                    let mut e = event(i);
+                    e.visible = (0..18)
+                        .map(|k| format!("r{k}-{i}@partner.example"))
+                        .collect();
+                    match log.record_decision(e).await {
+                        Ok(seq) => ok.push(seq),
+                        Err(_) => err += 1,
+                    }
+                }
+                (ok, err)
+            }));
+        }
+        let mut ok = Vec::new();
+        let mut err = 0;
+        for t in tasks {
+            let (o, e) = t.await.unwrap();
+            ok.extend(o);
+            err += e;
+        }
+        (n, ok, err)
+    })
+}
+
+fn decisions_on_disk(path: &Path) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    audit::for_each_record(path, |e| {
+        let r = e.record.unwrap();
+        if r.kind == audit::Kind::Decision {
+            seqs.push(r.seq);
+        }
+    })
+    .unwrap();
+    seqs
+}
+
+#[test]
+fn full_disk_never_acknowledges_a_decision_that_is_not_on_disk() {
+    let dir = tempdir();
+    let mnt = dir.path().join("tmpfs");
+    fs::create_dir_all(&mnt).unwrap();
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(&mnt)
+        .status();
+    if !matches!(status, Ok(s) if s.success()) {
+        println!("skipped: `mount -t tmpfs` refused ({status:?}); needs root");
+        return;
+    }
+    let _umount = Cleanup(vec![vec!["umount".into(), mnt.display().to_string()]]);
+    let mut cfg = cfg_in(dir.path(), RecipientStorage::Hmac, 0);
+    cfg.path = mnt.join("audit.jsonl");
+    let log = Arc::new(AuditLog::open(&cfg, "pv").unwrap());
+    let (attempted, ok, errors) = concurrent_decisions(&log, 400);
+    let fsyncs = log.fsync_count();
+    drop(log);
+    let on_disk = decisions_on_disk(&cfg.path);
+    println!(
+        "64 KiB tmpfs: {attempted} decisions attempted, {} Ok, {errors} Err, {} on disk, {fsyncs} fsyncs",
+        ok.len(),
+        on_disk.len()
+    );
+    assert_eq!(ok.len() + errors, attempted);
+    assert!(errors > 0, "the disk never filled: test proves nothing");
+    assert!(!ok.is_empty(), "nothing fitted: test proves nothing");
+    let mut ok_sorted = ok.clone();
+    ok_sorted.sort_unstable();
+    assert_eq!(
+        ok_sorted, on_disk,
+        "every Ok is on disk, and nothing else is"
+    );
+    let r = audit::verify(&cfg.path).unwrap();
+    assert_eq!(r.records as usize, ok.len());
+}
+
+#[test]
+fn immutable_log_never_acknowledges_a_decision() {
+    // On ext4 (the target dir): tmpfs lets an already open file be written after chattr +i.
+    let dir = tempdir();
+    let cfg = cfg_in(dir.path(), RecipientStorage::Hmac, 0);
+    let log = Arc::new(AuditLog::open(&cfg, "pv").unwrap());
+    let before = concurrent_decisions(&log, 20).1.len();
+    assert_eq!(before, 20);
+    let status = Command::new("chattr").arg("+i").arg(&cfg.path).status();
+    if !matches!(status, Ok(s) if s.success()) {
+        println!("skipped: `chattr +i` refused ({status:?}); needs root on ext4");
+        return;
+    }
+    let guard = Cleanup(vec![vec![
+        "chattr".into(),
+        "-i".into(),
+        cfg.path.display().to_string(),
+    ]]);
+    let (attempted, ok, errors) = concurrent_decisions(&log, 40);
+    let on_disk = decisions_on_disk(&cfg.path);
+    println!(
+        "chattr +i: {attempted} decisions attempted, {} Ok, {errors} Err, {} on disk (20 before)",
+        ok.len(),
+        on_disk.len()
+    );
+    assert!(
+        ok.is_empty(),
+        "acknowledged {} decisions on an immutable log",
+        ok.len()
+    );
+    assert_eq!(on_disk.len(), before);
+    assert!(!log.is_writable());
+    drop(guard);
+    // Fixed by the admin: heals without a restart, the chain goes on.
+    let rt = rt();
+    assert!(rt.block_on(log.probe()));
+    assert_eq!(rt.block_on(log.record_decision(event(99))).unwrap(), 21);
+    drop(log);
+    assert_eq!(audit::verify(&cfg.path).unwrap().records, 21);
 }

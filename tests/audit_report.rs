@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use bccguard::audit::{Record, GENESIS};
+use bccguard::audit::{Kind, Record, GENESIS};
 use bccguard::config::{Action, Mode};
 use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
@@ -73,6 +73,7 @@ fn write_log(path: &Path, specs: &[Spec]) {
         let mut r = Record {
             time: time.format(&Rfc3339).unwrap(),
             seq: n as u64 + 1,
+            kind: Kind::Record,
             session: format!("sess-{i}"),
             client: "127.0.0.1".into(),
             auth_user: None,
@@ -89,6 +90,7 @@ fn write_log(path: &Path, specs: &[Spec]) {
             envelope_recipients: 7,
             recipients_mode: "none".into(),
             recipients: None,
+            recipients_summary: None,
             upstream: None,
             policy_version: "v".into(),
             header_digest_original: "d".into(),

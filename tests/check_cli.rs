@@ -361,3 +361,61 @@ fn config_check_accepts_good_and_names_the_problem_in_bad() {
     assert!(String::from_utf8_lossy(&out.stdout)
         .contains("re-sign the altered message as d=example.org s=relay"));
 }
+
+/// `check` on stdin, with --json; returns the exit code and the JSON object.
+fn check_stdin(input: &[u8], envs: &[(&str, &str)]) -> (Option<i32>, Value) {
+    let out = bccguard(
+        &["check", "--json", "--config", "base.toml", "-"],
+        envs,
+        Some(input),
+    );
+    let v = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+    (out.status.code(), v)
+}
+
+#[test]
+fn refuses_what_serve_refuses_at_data_with_the_same_reply() {
+    let external = "To: a@p1.example.net, b@p2.example.net, c@p3.example.net,\r\n d@p4.example.net, e@p5.example.net, f@p6.example.net\r\n";
+    let good = format!("From: alice@example.org\r\n{external}Subject: x\r\n\r\nhi\r\n");
+    // What serve says to these bytes in DATA (src/smtp/data.rs), word for word.
+    let bare_cr = "550 5.6.0 Message refused: it contains a carriage return without line feed (bare CR); lines must end in CRLF";
+    let cases: [(String, &str); 4] = [
+        // A lone CR between addresses: readers that break the line there show more mailboxes.
+        (good.replacen(",\r\n d@", ",\r d@", 1), bare_cr),
+        // CR-only line ends, as saved by old Mac tools.
+        (good.replace("\r\n", "\r"), bare_cr),
+        (good.replace("hi\r\n", "hi\r"), bare_cr),
+        (
+            good.replace("hi", &"x".repeat(1200)),
+            "550 5.6.0 Message refused: a line is longer than 1000 octets (RFC 5321 limit)",
+        ),
+    ];
+    for (input, reply) in cases {
+        let (code, v) = check_stdin(input.as_bytes(), &[]);
+        assert_eq!(code, Some(2), "{input:?}: {v}");
+        assert_eq!(v["kind"], "unreadable", "{input:?}");
+        assert_eq!(v["smtp_reply"], reply, "{input:?}");
+    }
+
+    let (code, v) = check_stdin(
+        good.as_bytes(),
+        &[("BCCGUARD__SERVER__MAX_MESSAGE_SIZE", "100")],
+    );
+    assert_eq!(code, Some(2));
+    assert_eq!(v["kind"], "too_big");
+    assert_eq!(
+        v["smtp_reply"],
+        "552 5.3.4 Message refused: it is larger than the limit of 100 bytes"
+    );
+
+    // Line ends as a client sends them: an LF-only file is read as CRLF, same decision; a
+    // 998-octet line (after a leading dot, which the client stuffs) is still within the limit.
+    let within = good.replace("hi", &format!(".{}", "y".repeat(997)));
+    for input in [good.clone(), good.replace("\r\n", "\n"), within] {
+        let (code, v) = check_stdin(input.as_bytes(), &[]);
+        assert_eq!(code, Some(0), "{input:?}: {v}");
+        assert_eq!(v["action"], "rewrite", "{input:?}");
+        assert_eq!(v["visible_count"], 6);
+    }
+}

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use bccguard::config::{Action, Config, Mode, PolicyConfig, RuleConfig};
+use bccguard::message::{Envelope, Message};
 use bccguard::policy::{Policy, Visible};
 
 fn rule(name: &str, action: Action) -> RuleConfig {
@@ -230,7 +231,7 @@ fn decide_reads_the_message() {
         "colleague@example.org".to_string(),
     ];
     let raw = raw_with(&to, &cc, "Bcc: hidden@secret.net\r\n");
-    let d = p.decide("alice@example.org", &[], &raw).unwrap();
+    let d = p.decide(&msg(&raw), &from("alice@example.org")).unwrap();
     assert_eq!(d.action, Action::Rewrite, "{}", d.reason);
     assert_eq!(d.visible.len(), 7);
     assert_eq!(d.visible_external, 6);
@@ -243,7 +244,7 @@ fn decide_reads_the_message() {
     // Same recipients with no Bcc field.
     let raw = raw_with(&to, &cc, "");
     assert!(
-        !p.decide("alice@example.org", &[], &raw)
+        !p.decide(&msg(&raw), &from("alice@example.org"))
             .unwrap()
             .bcc_header_stripped
     );
@@ -253,7 +254,9 @@ fn decide_reads_the_message() {
 fn unreadable_header_propagates() {
     let p = Policy::new(&shipped_like(Mode::Enforce)).unwrap();
     let raw = b"From: a@example.org\r\nT o: x@y.net\r\n\r\nbody\r\n";
-    assert!(p.decide("a@example.org", &[], raw).is_err());
+    assert!(Message::parse(raw.to_vec()).is_err());
+    let raw = b"From: a@example.org\r\nTo: x@y.net\r\nCc: Bob <bob@y.net\r\n\r\nbody\r\n";
+    assert!(p.decide(&msg(raw), &from("a@example.org")).is_err());
 }
 
 #[test]
@@ -325,4 +328,15 @@ fn nonsense_rules_are_refused_with_their_name() {
         "{}",
         p.describe()
     );
+}
+
+fn msg(raw: &[u8]) -> Message {
+    Message::parse(raw.to_vec()).expect("splittable header")
+}
+
+fn from(sender: &str) -> Envelope {
+    Envelope {
+        sender: sender.to_string(),
+        ..Envelope::default()
+    }
 }

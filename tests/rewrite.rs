@@ -4,8 +4,16 @@ use std::borrow::Cow;
 use std::path::PathBuf;
 
 use bccguard::config::{Action, DkimOnRewrite, PolicyConfig, RewriteTo, RuleConfig};
+use bccguard::message::Message;
 use bccguard::policy::{Decision, Policy, Visible};
 use bccguard::rewrite::{Outgoing, RewriteError, Rewriter};
+
+/// The message value the rewriter takes (leaked: test data lives for the whole test run).
+fn msg(raw: &[u8]) -> &'static Message {
+    Box::leak(Box::new(
+        Message::parse(raw.to_vec()).expect("splittable header"),
+    ))
+}
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -83,8 +91,9 @@ fn rewriter(f: impl FnOnce(&mut PolicyConfig)) -> Rewriter {
 #[test]
 fn hide_recipients_changes_exactly_the_recipient_fields() {
     let raw = awkward();
+    let m = msg(&raw[..]);
     let out = rewriter(|_| {})
-        .hide_recipients(&raw, "alice@example.org", &decision(Action::Rewrite))
+        .hide_recipients(m, "alice@example.org", &decision(Action::Rewrite))
         .unwrap();
     let expected = [
         RECEIVED,
@@ -98,7 +107,7 @@ fn hide_recipients_changes_exactly_the_recipient_fields() {
     .concat();
     assert_eq!(&*out.header, &expected[..]);
     assert_eq!(out.body, BODY);
-    assert_body_borrowed(&raw, &out);
+    assert_body_borrowed(m.raw(), &out);
 }
 
 #[test]
@@ -106,7 +115,9 @@ fn hide_recipients_can_show_the_sender_instead() {
     let raw = awkward();
     let rw = rewriter(|c| c.rewrite_to = RewriteTo::Sender);
     let d = decision(Action::Rewrite);
-    let out = rw.hide_recipients(&raw, "alice@example.org", &d).unwrap();
+    let out = rw
+        .hide_recipients(msg(&raw[..]), "alice@example.org", &d)
+        .unwrap();
     let expected = [
         RECEIVED,
         FROM,
@@ -119,7 +130,7 @@ fn hide_recipients_can_show_the_sender_instead() {
     .concat();
     assert_eq!(&*out.header, &expected[..]);
     // A null sender (bounce) has no address to show: fall back to undisclosed.
-    let out = rw.hide_recipients(&raw, "", &d).unwrap();
+    let out = rw.hide_recipients(msg(&raw[..]), "", &d).unwrap();
     assert!(contains(&out.header, b"To: undisclosed-recipients:;\r\n"));
 }
 
@@ -128,7 +139,11 @@ fn trace_header_follows_the_new_to() {
     let raw = awkward();
     let rw = rewriter(|c| c.trace_header = Some("X-BCCGuard".into()));
     let out = rw
-        .hide_recipients(&raw, "alice@example.org", &decision(Action::Rewrite))
+        .hide_recipients(
+            msg(&raw[..]),
+            "alice@example.org",
+            &decision(Action::Rewrite),
+        )
         .unwrap();
     let expected = [
         RECEIVED,
@@ -142,7 +157,7 @@ fn trace_header_follows_the_new_to() {
     .concat();
     assert_eq!(&*out.header, &expected[..]);
     let out = rw
-        .for_recipient(&raw, "b@y.net", &decision(Action::Split))
+        .for_recipient(msg(&raw[..]), "b@y.net", &decision(Action::Split))
         .unwrap();
     assert!(contains(
         &out.header,
@@ -153,10 +168,11 @@ fn trace_header_follows_the_new_to() {
 #[test]
 fn for_recipient_addresses_each_copy_to_one_recipient() {
     let raw = awkward();
+    let m = msg(&raw[..]);
     let rw = rewriter(|_| {});
     let d = decision(Action::Split);
     for rcpt in ["a@x.net", "\"B b\"@y.net", "c@z.net"] {
-        let out = rw.for_recipient(&raw, rcpt, &d).unwrap();
+        let out = rw.for_recipient(m, rcpt, &d).unwrap();
         let to = format!("To: <{rcpt}>\r\n");
         let expected = [
             RECEIVED,
@@ -169,11 +185,11 @@ fn for_recipient_addresses_each_copy_to_one_recipient() {
         ]
         .concat();
         assert_eq!(&*out.header, &expected[..]);
-        assert_body_borrowed(&raw, &out);
+        assert_body_borrowed(m.raw(), &out);
     }
     // An envelope address with a line break would inject header fields: refused.
     assert!(matches!(
-        rw.for_recipient(&raw, "x@y.net>\r\nBcc: <z@q.net", &d),
+        rw.for_recipient(m, "x@y.net>\r\nBcc: <z@q.net", &d),
         Err(RewriteError::Unreadable(_))
     ));
 }
@@ -182,7 +198,7 @@ fn for_recipient_addresses_each_copy_to_one_recipient() {
 fn pass_through_only_removes_blind_copies() {
     let rw = rewriter(|_| {});
     let clean = message(&[RECEIVED, FROM, TO, SUBJECT, WEIRD, CC, MSGID], BODY);
-    let out = rw.pass_through(&clean).unwrap();
+    let out = rw.pass_through(msg(&clean[..])).unwrap();
     assert!(
         matches!(out.header, Cow::Borrowed(_)),
         "no Bcc: nothing to copy"
@@ -196,10 +212,11 @@ fn pass_through_only_removes_blind_copies() {
         ],
         BODY,
     );
-    let out = rw.pass_through(&raw).unwrap();
+    let m = msg(&raw[..]);
+    let out = rw.pass_through(m).unwrap();
     let expected = [RECEIVED, FROM, TO, SUBJECT, WEIRD, CC, MSGID, b"\r\n"].concat();
     assert_eq!(&*out.header, &expected[..]);
-    assert_body_borrowed(&raw, &out);
+    assert_body_borrowed(m.raw(), &out);
 }
 
 #[test]
@@ -207,7 +224,7 @@ fn keeps_lf_line_ends_and_handles_missing_recipient_fields() {
     let rw = rewriter(|_| {});
     let raw = b"From: a@example.org\nCC: b@y.net,\n c@z.net\nSubject: s\n\nbody\n";
     let out = rw
-        .hide_recipients(raw, "a@example.org", &decision(Action::Rewrite))
+        .hide_recipients(msg(&raw[..]), "a@example.org", &decision(Action::Rewrite))
         .unwrap();
     assert_eq!(
         &*out.header,
@@ -217,7 +234,7 @@ fn keeps_lf_line_ends_and_handles_missing_recipient_fields() {
     // No To/Cc at all: the new To goes at the end of the header section.
     let raw = b"From: a@example.org\r\nBcc: b@y.net\r\nSubject: s\r\n\r\nbody\r\n";
     let out = rw
-        .for_recipient(raw, "b@y.net", &decision(Action::Split))
+        .for_recipient(msg(&raw[..]), "b@y.net", &decision(Action::Split))
         .unwrap();
     assert_eq!(
         &*out.header,
@@ -227,17 +244,15 @@ fn keeps_lf_line_ends_and_handles_missing_recipient_fields() {
 }
 
 #[test]
-fn unreadable_header_is_an_error() {
-    let rw = rewriter(|_| {});
+fn unreadable_header_never_reaches_the_rewriter() {
+    // The message value refuses it once, before any stage: there is nothing to rewrite.
     let raw = b"From: a@example.org\r\nT o b@y.net\r\n\r\nbody\r\n";
-    assert!(matches!(
-        rw.pass_through(raw),
-        Err(RewriteError::Unreadable(_))
-    ));
-    assert!(matches!(
-        rw.hide_recipients(raw, "", &decision(Action::Rewrite)),
-        Err(RewriteError::Unreadable(_))
-    ));
+    let refused = Message::parse(raw.to_vec()).expect_err("unsplittable header");
+    assert!(
+        refused.why.reason.contains("header line 2"),
+        "{}",
+        refused.why.reason
+    );
 }
 
 const SIG_OVER_TO: &[u8] = b"DKIM-Signature: v=1; a=rsa-sha256; d=example.org; s=mail;\r\n\tc=relaxed/relaxed; h=From:Subject:\r\n\t TO:Date; bh=AAAA; b=BBBB\r\n";
@@ -251,7 +266,7 @@ fn dkim_over_recipients_is_refused_by_default() {
     let d = decision(Action::Rewrite);
     for sig in [SIG_OVER_TO, SIG_OVER_RESENT] {
         let raw = message(&[sig, FROM, TO, SUBJECT, RESENT_CC, MSGID], BODY);
-        match rw.hide_recipients(&raw, "alice@example.org", &d) {
+        match rw.hide_recipients(msg(&raw[..]), "alice@example.org", &d) {
             Err(RewriteError::DkimRefused(text)) => {
                 assert!(text.is_ascii() && !text.contains('\n') && !text.contains('\r'));
                 assert!(text.contains("Bcc"), "{text}");
@@ -262,15 +277,17 @@ fn dkim_over_recipients_is_refused_by_default() {
             ),
         }
         assert!(matches!(
-            rw.for_recipient(&raw, "a@x.net", &decision(Action::Split)),
+            rw.for_recipient(msg(&raw[..]), "a@x.net", &decision(Action::Split)),
             Err(RewriteError::DkimRefused(_))
         ));
         // Passing through unchanged breaks nothing.
-        assert!(rw.pass_through(&raw).is_ok());
+        assert!(rw.pass_through(msg(&raw[..])).is_ok());
     }
     // A signature that covers neither To nor Cc survives the rewrite: no refusal, bytes kept.
     let raw = message(&[SIG_NOT_TO, FROM, TO, SUBJECT, CC, MSGID], BODY);
-    let out = rw.hide_recipients(&raw, "alice@example.org", &d).unwrap();
+    let out = rw
+        .hide_recipients(msg(&raw[..]), "alice@example.org", &d)
+        .unwrap();
     let expected = [
         SIG_NOT_TO,
         FROM,
@@ -288,7 +305,11 @@ fn dkim_forward_keeps_the_broken_signature() {
     let rw = rewriter(|c| c.dkim.on_rewrite = DkimOnRewrite::Forward);
     let raw = message(&[SIG_OVER_TO, FROM, TO, SUBJECT, CC, MSGID], BODY);
     let out = rw
-        .hide_recipients(&raw, "alice@example.org", &decision(Action::Rewrite))
+        .hide_recipients(
+            msg(&raw[..]),
+            "alice@example.org",
+            &decision(Action::Rewrite),
+        )
         .unwrap();
     let expected = [
         SIG_OVER_TO,
@@ -435,10 +456,11 @@ mod verify {
 fn resign_and_verify(key: &str) {
     let rw = Rewriter::new(&resign_config(key)).unwrap();
     let raw = message(&[SIG_OVER_TO, FROM, TO, SUBJECT, CC, BCC, MSGID], BODY);
+    let m = msg(&raw[..]);
     let out = rw
-        .hide_recipients(&raw, "alice@example.org", &decision(Action::Rewrite))
+        .hide_recipients(m, "alice@example.org", &decision(Action::Rewrite))
         .unwrap();
-    assert_body_borrowed(&raw, &out);
+    assert_body_borrowed(m.raw(), &out);
     let header = String::from_utf8_lossy(&out.header).into_owned();
     assert!(header.starts_with("DKIM-Signature: v=1; a="), "{header}");
     // Everything after the new signature is the plain rewrite, old signature included.
@@ -509,7 +531,7 @@ fn resign_and_verify(key: &str) {
 
     // Each split copy is signed on its own and verifies too.
     let copy = rw
-        .for_recipient(&raw, "c@z.net", &decision(Action::Split))
+        .for_recipient(m, "c@z.net", &decision(Action::Split))
         .unwrap();
     let full = [&*copy.header, copy.body].concat();
     assert!(verify::results(&full, &keys).contains(&("relay.example.org".to_string(), true)));
@@ -532,10 +554,9 @@ fn dkim_resign_with_ed25519() {
 
 #[test]
 fn sender_notice_says_what_and_why_without_recipients() {
-    let rw = rewriter(|_| {});
     let raw = awkward();
     let d = decision(Action::Rewrite);
-    let n = rw.sender_notice(
+    let n = bccguard::generated::notice::sender_notice(
         "relay.example.org",
         "alice@example.org",
         &d,
@@ -554,7 +575,7 @@ fn sender_notice_says_what_and_why_without_recipients() {
     for addr in ["a@x.net", "b@y.net", "c@z.net", "secret@q.net", "r@s.net"] {
         assert!(!text.contains(addr), "notice leaks {addr}");
     }
-    let split = rw.sender_notice(
+    let split = bccguard::generated::notice::sender_notice(
         "relay.example.org",
         "alice@example.org",
         &decision(Action::Split),
@@ -563,4 +584,214 @@ fn sender_notice_says_what_and_why_without_recipients() {
     assert!(String::from_utf8(split)
         .unwrap()
         .contains("Subject: Your message was sent as separate copies"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// No recipient traces after a rewrite (issue 13.5)
+
+/// Every place a header section can name recipients besides To/Cc: trace fields, `Received ...
+/// for`, a DKIM `z=` copy (=40-encoded), Resent blocks, blind copies.
+fn traced_message(z_sig: &[u8]) -> Vec<u8> {
+    message(
+        &[
+            b"Return-Path: <alice@example.org>\r\n",
+            b"Received: from mx.example.org (mx [192.0.2.9])\r\n\tby relay.example.org (Postfix) with ESMTPS id 4AbC\r\n\tfor <env1@hidden.example>; Tue, 1 Jan 2030 00:00:02 +0000\r\n",
+            b"Received: from pc by mx.example.org with esmtpa (Exim 4.96)\r\n\t(envelope-from <alice@example.org>) id 1r FOR env2@hidden.example; Tue, 1 Jan 2030 00:00:01 +0000\r\n",
+            b"Received: by pc (for <Vis1@X.net>, a comment naming a visible one); Tue, 1 Jan 2030 00:00:00 +0000\r\n",
+            b"X-Original-To: env1@hidden.example\r\n",
+            b"Delivered-To: env2@hidden.example\r\n",
+            b"Apparently-To: <env3@hidden.example>\r\n",
+            b"X-Envelope-To: env1@hidden.example, env2@hidden.example\r\n",
+            b"X-MS-Exchange-Organization-OriginalEnvelopeRecipients: env3@hidden.example\r\n",
+            b"Envelope-To: env3@hidden.example\r\n",
+            b"Mail-Followup-To: vis1@x.net, vis2@y.net\r\n",
+            b"Resent-From: bob@example.org\r\n",
+            b"Resent-To: vis3@z.net\r\n",
+            b"Resent-Cc: vis4@w.net\r\n",
+            b"Resent-Bcc: env4@hidden.example\r\n",
+            b"Resent-Date: Tue, 1 Jan 2030 00:00:03 +0000\r\n",
+            z_sig,
+            FROM,
+            b"To: vis1@x.net, \"Two\" <vis2@y.net>\r\n",
+            SUBJECT,
+            b"Cc: vis5@v.net\r\n",
+            b"Bcc: env5@hidden.example\r\n",
+            MSGID,
+        ],
+        BODY,
+    )
+}
+
+const Z_SIG: &[u8] = b"DKIM-Signature: v=1; a=rsa-sha256; d=example.org; s=mail; h=from:subject;\r\n\tz=From:o=40example.org|To:vis1=40x.net,=20vis2=40y.net|Subject:hi;\r\n\tbh=AAAA; b=BBBB\r\n";
+const ENVELOPE: &[&str] = &[
+    "env1@hidden.example",
+    "env2@hidden.example",
+    "env3@hidden.example",
+    "env4@hidden.example",
+    "env5@hidden.example",
+];
+
+fn envelope() -> bccguard::message::Envelope {
+    bccguard::message::Envelope {
+        sender: "alice@example.org".into(),
+        ..Default::default()
+    }
+}
+
+fn assert_no_recipient_named(header: &[u8], visible: &[String]) {
+    let text = String::from_utf8_lossy(header).to_ascii_lowercase();
+    let mut all: Vec<String> = visible.to_vec();
+    all.extend(ENVELOPE.iter().map(|s| s.to_string()));
+    assert!(all.len() >= 10, "{all:?}");
+    for a in &all {
+        let (local, domain) = a.rsplit_once('@').unwrap();
+        for form in [
+            a.to_ascii_lowercase(),
+            format!("{local}=40{domain}").to_ascii_lowercase(),
+        ] {
+            assert!(!text.contains(&form), "{form} still in the header:\n{text}");
+        }
+        // Even the local part alone (e.g. in an odd encoding) must be gone.
+        assert!(
+            !text.contains(&local.to_ascii_lowercase()),
+            "{local} in:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn rewrite_leaves_no_envelope_or_visible_recipient_in_the_header() {
+    let raw = traced_message(Z_SIG);
+    let m = msg(&raw);
+    let cfg = PolicyConfig {
+        internal_domains: vec!["example.org".into()],
+        rules: vec![RuleConfig {
+            min_visible_external: Some(1),
+            ..RuleConfig::new("hide", Action::Rewrite)
+        }],
+        dkim: bccguard::config::DkimConfig {
+            on_rewrite: DkimOnRewrite::Forward,
+            ..Default::default()
+        },
+        ..PolicyConfig::default()
+    };
+    let d = Policy::new(&cfg).unwrap().decide(m, &envelope()).unwrap();
+    assert_eq!(d.action, Action::Rewrite);
+    assert!(d.bcc_header_stripped);
+    assert_eq!(d.visible.len(), 5, "{:?}", d.visible);
+    let rw = Rewriter::new(&cfg).unwrap();
+
+    let out = rw.hide_recipients(m, "alice@example.org", &d).unwrap();
+    assert_no_recipient_named(&out.header, &d.visible);
+    assert_body_borrowed(m.raw(), &out);
+    let text = String::from_utf8_lossy(&out.header);
+    // What stays is byte for byte: the Received fields minus only their `for` clause, the
+    // Resent block minus its destinations, the signature minus its z= tag.
+    let expected = [
+        &b"Return-Path: <alice@example.org>\r\n"[..],
+        b"Received: from mx.example.org (mx [192.0.2.9])\r\n\tby relay.example.org (Postfix) with ESMTPS id 4AbC; Tue, 1 Jan 2030 00:00:02 +0000\r\n",
+        b"Received: from pc by mx.example.org with esmtpa (Exim 4.96)\r\n\t(envelope-from <alice@example.org>) id 1r; Tue, 1 Jan 2030 00:00:01 +0000\r\n",
+        b"Resent-From: bob@example.org\r\n",
+        b"Resent-Date: Tue, 1 Jan 2030 00:00:03 +0000\r\n",
+        b"DKIM-Signature: v=1; a=rsa-sha256; d=example.org; s=mail; h=from:subject;\r\n\tbh=AAAA; b=BBBB\r\n",
+        FROM,
+        b"To: undisclosed-recipients:;\r\n",
+        SUBJECT,
+        MSGID,
+        b"\r\n",
+    ]
+    .concat();
+    assert_eq!(text, String::from_utf8_lossy(&expected));
+
+    // Each split copy names its own recipient in To: and nobody else anywhere.
+    for rcpt in ["vis1@x.net", "env1@hidden.example"] {
+        let out = rw.for_recipient(m, rcpt, &d).unwrap();
+        let header = String::from_utf8_lossy(&out.header).into_owned();
+        let without_own_to = header.replacen(&format!("To: <{rcpt}>\r\n"), "", 1);
+        assert_ne!(header, without_own_to, "no To: <{rcpt}>:\n{header}");
+        assert_no_recipient_named(without_own_to.as_bytes(), &d.visible);
+    }
+}
+
+#[test]
+fn z_tag_naming_recipients_follows_the_dkim_setting() {
+    let raw = traced_message(Z_SIG);
+    let d = decision(Action::Rewrite);
+    // Default (reject): a signature that copies To into z= cannot be kept as it is: refused.
+    assert!(matches!(
+        rewriter(|_| {}).hide_recipients(msg(&raw), "alice@example.org", &d),
+        Err(RewriteError::DkimRefused(_))
+    ));
+    // Its h= does not cover To/Cc, so without the z= copy the rewrite leaves it alone.
+    let no_z = b"DKIM-Signature: v=1; a=rsa-sha256; d=example.org; s=mail; h=from:subject; bh=AAAA; b=BBBB\r\n";
+    let raw = traced_message(no_z);
+    let out = rewriter(|_| {})
+        .hide_recipients(msg(&raw), "alice@example.org", &d)
+        .unwrap();
+    assert!(contains(&out.header, no_z));
+}
+
+#[test]
+fn new_to_is_not_put_inside_a_resent_block() {
+    let rw = rewriter(|_| {});
+    let d = decision(Action::Rewrite);
+    // A To/Cc between Resent- fields (a client that wrote its own fields into the block): the new
+    // To: goes right after the last Resent- field, where the original message's fields start.
+    let raw = message(
+        &[
+            b"Resent-From: bob@example.org\r\n",
+            TO,
+            b"Resent-To: r@s.net\r\n",
+            b"Resent-Date: Tue, 1 Jan 2030 00:00:03 +0000\r\n",
+            FROM,
+            SUBJECT,
+        ],
+        BODY,
+    );
+    let out = rw
+        .hide_recipients(msg(&raw), "alice@example.org", &d)
+        .unwrap();
+    let expected = [
+        &b"Resent-From: bob@example.org\r\n"[..],
+        b"Resent-Date: Tue, 1 Jan 2030 00:00:03 +0000\r\n",
+        b"To: undisclosed-recipients:;\r\n",
+        FROM,
+        SUBJECT,
+        b"\r\n",
+    ]
+    .concat();
+    assert_eq!(
+        String::from_utf8_lossy(&out.header),
+        String::from_utf8_lossy(&expected)
+    );
+    // Only a Resent-To: same place, never before or inside the block.
+    let raw = message(
+        &[
+            b"Resent-From: bob@example.org\r\n",
+            b"Resent-To: r@s.net\r\n",
+            b"Resent-Date: Tue, 1 Jan 2030 00:00:03 +0000\r\n",
+            FROM,
+            SUBJECT,
+        ],
+        BODY,
+    );
+    let out = rw
+        .hide_recipients(msg(&raw), "alice@example.org", &d)
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.header),
+        String::from_utf8_lossy(&expected)
+    );
+}
+
+#[test]
+fn resent_bcc_alone_counts_as_a_stripped_bcc() {
+    let raw = message(&[FROM, b"Resent-Bcc: hidden@q.net\r\n", TO, SUBJECT], BODY);
+    let d = Policy::new(&PolicyConfig::default())
+        .unwrap()
+        .decide(msg(&raw), &envelope())
+        .unwrap();
+    assert!(d.bcc_header_stripped);
+    let out = rewriter(|_| {}).pass_through(msg(&raw)).unwrap();
+    assert!(!contains(&out.header, b"hidden@q.net"));
 }

@@ -2,17 +2,44 @@
 //! Beside the pipe, not in it: the delivery stage hands it an event and waits for the fsync.
 //!
 //! # Record format
-//! One JSON object per line (LF), members in this fixed order:
-//! `time` (RFC 3339 UTC, microseconds), `seq` (1, 2, 3… across restarts and rotation),
+//! One JSON object per line (LF), at most [`MAX_RECORD_BYTES`] long. Every line has `time`,
+//! `seq`, `kind`, `prev` and `hash`; `kind` says what the line is:
+//! - `decision`: an intervention about to be forwarded, fsynced before anything is handed to the
+//!   upstream ([`AuditLog::record_decision`]); `upstream` is null, the reply is in its outcome.
+//! - `outcome`: what became of a decision ([`AuditLog::record_outcome`]): `time`, `seq`, `kind`,
+//!   `session`, `decision_seq` (the decision's seq), `result` (`delivered` | `refused` |
+//!   `spooled` | `failed`, see [`OutcomeResult`]), `upstream`, `header_digest_forwarded`, `prev`,
+//!   `hash`. A decision without an outcome means the relay stopped (or could not write) after
+//!   forwarding; `verify` lists such decisions and still passes.
+//! - `record`: a complete one-shot record, for a message refused here (nothing forwarded)
+//!   ([`AuditLog::record`]). Lines written before kinds existed have no `kind`: read as `record`.
+//! - `key`: a new HMAC key is in force from here on: `time`, `seq`, `kind`, `key_id` (hex
+//!   HMAC-SHA256 of `bccguard-key-id` under the key; never the key), `key_file`, `reason`,
+//!   `prev`, `hash`.
+//!
+//! `decision` and `record` lines have these members, in this fixed order:
+//! `time` (RFC 3339 UTC, microseconds), `seq` (1, 2, 3… across restarts and rotation), `kind`,
 //! `session`, `client`, `auth_user`, `sender` (as given: it is the organisation's own user),
 //! `message_id`, `rule`, `action` (the rule's action), `mode` (`enforce`|`monitor`), `would`
 //! (true in monitor mode for a non-accept action: nothing was done), `reason`, `visible_count`,
 //! `visible_external`, `external_domains`, `envelope_recipients`, `recipients_mode`
 //! (`hmac`|`plain`|`none`), `recipients` (the visible addresses as `hmac:<hex>` =
 //! HMAC-SHA256 under the key file of the address with its domain lower-cased; or the addresses
-//! for `plain`; the member is absent for `none`), `upstream` (its reply, or null),
-//! `policy_version`, `header_digest_original`, `header_digest_forwarded`, `prev`, `hash`.
-//! Absent optional values are `null` (except `recipients`, which is left out).
+//! for `plain`; the member is absent for `none`), `recipients_summary` (only when `recipients`
+//! does not list them all), `upstream` (its reply, or null), `policy_version`,
+//! `header_digest_original`, `header_digest_forwarded`, `prev`, `hash`.
+//! Absent optional values are `null` (except `recipients` and `recipients_summary`, which are
+//! left out).
+//!
+//! # Bounded size
+//! Up to 500 visible recipients are listed in full (if the line still fits). Beyond that, or
+//! when the line would not fit, `recipients` keeps the first [`LISTED_WHEN_SUMMARISED`] (or
+//! fewer) and `recipients_summary` = `{"count": N, "listed": K, "sha256": hex}`, the SHA-256
+//! over all N stored entries (`hmac:<hex>` or plain address) sorted bytewise, each followed by
+//! LF ([`recipients_digest`]): an admin with the address list can prove it matches. Free-text
+//! values (reason, Message-ID, upstream reply...) are cut to 4 KiB, then 1 KiB, then 64 bytes
+//! as needed, ending `…[cut, N bytes in all]`. So every line fits [`MAX_RECORD_BYTES`] (64 KiB).
+//! Summarising keeps one 32-byte MAC per address for the sort, not a second list.
 //!
 //! # Hash chain
 //! The *canonical bytes* of a record are its line without the `hash` member: the compact JSON
@@ -28,9 +55,10 @@
 //! rotated file's last. `<path>.lock` (an advisory `flock`) keeps a second process from writing
 //! the same chain: the second one stays unwritable until the first lets go.
 //! On open the last line is checked: an incomplete line (no LF) or one that is not a JSON record
-//! is a write torn by a crash (it was never acknowledged); it is copied to
-//! `<path>.torn-<time>`, cut off, a warning is logged, and the chain continues from the last
-//! complete record. A complete record with a wrong hash is left alone for `verify` to report.
+//! is a write torn by a crash (it was never acknowledged); a complete line that parses as a
+//! record is never cut, however long (long lines are parsed as a stream); a torn line is
+//! copied to `<path>.torn-<time>`, cut off, a warning is logged, and the chain continues from
+//! the last complete record. A complete record with a wrong hash is left alone for `verify` to report.
 //! If the file is moved or removed while open, the next batch notices (inode check) and starts
 //! a new file that continues the chain.
 //!
@@ -39,7 +67,8 @@
 //! line's hash, `prev` = previous `hash`, `seq` = previous + 1, and that a rotated file ends at
 //! the seq in its name. If the oldest file present does not start at [`GENESIS`], the report
 //! says where it continues from (older files archived away) and is still intact. On a live log
-//! (lock held) a transient break from a half-appended line or a rotation is re-checked.
+//! (lock held) a transient break from a half-appended line or a rotation is re-checked. It
+//! counts lines by kind and lists the decisions no outcome line refers to (not a break).
 //!
 //! # Durability and failures
 //! A single writer thread does group commit: it takes everything queued, writes it with one
@@ -51,11 +80,14 @@
 //! reports "writable" again (and at open) it writes and syncs 4 KiB to `<path>.probe` and
 //! removes it, so a full disk is not reported healed just because the file could be re-opened.
 //! After a failed write the file is cut back and its tail re-read before the next write, so no
-//! seq is used twice. `open` fails only for configuration nonsense: a `path` without a file
-//! name, `hmac` without a key file path, a key file that is not a hex key of 16+ bytes.
-//! The key file is created (32 random bytes, hex, mode 0600) when missing; an existing one that
-//! group or others can read is used with a warning rather than refused (refusing would stop all
-//! mail for a permission slip).
+//! seq is used twice. `open` fails for configuration nonsense: a `path` without a file
+//! name, `hmac` without a key file path, a key file that is not a hex key of 16+ bytes; and
+//! when the key file is missing although the log has records ([`AuditError::KeyMissing`]:
+//! pseudonyms must never silently change key). The key file is created (32 random bytes, hex,
+//! mode 0600) when missing and the log has no records yet, or, with `audit.new_key = true`, on
+//! a log with records: then a `key` line is written first. An existing key file that group or
+//! others can read is used with a warning rather than refused (refusing would stop all mail
+//! for a permission slip).
 //!
 //! # Metrics
 //! [`AuditLog::stats`] (and the shortcuts [`AuditLog::fsync_count`],
@@ -69,6 +101,8 @@
 //! or with [`AuditLog::stats`] to catch a truncation. Nothing here logs an address through
 //! `tracing`: the sender and the recipients go into the audit file only.
 
+mod bound;
+mod file;
 mod pseudonym;
 mod reader;
 mod record;
@@ -84,13 +118,18 @@ use tokio::sync::oneshot;
 
 use crate::config::{Action, AuditConfig, Mode, RecipientStorage};
 
+pub use bound::{recipients_digest, LISTED_WHEN_SUMMARISED, MAX_RECORD_BYTES};
 pub use pseudonym::{normalise as normalise_address, HmacKey, KeyError, PREFIX as HMAC_PREFIX};
 pub use reader::{
     file_set, for_each_record, is_live, rotated_files, snapshot, torn_files, verify, ChainBreak,
     Entry, VerifyError, VerifyReport,
 };
-pub use record::{check_line, Record, GENESIS};
-pub use writer::PROBE_INTERVAL;
+pub use reader::{for_each_entry, AnyEntry};
+pub use record::{
+    check_line, AnyRecord, KeyRecord, Kind, OutcomeRecord, OutcomeResult, RecipientSummary, Record,
+    GENESIS,
+};
+pub use writer::{log_has_records, PROBE_INTERVAL};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -106,6 +145,14 @@ pub enum AuditError {
     Locked(String),
     #[error("audit log unavailable: {0}")]
     Unavailable(String),
+    #[error(
+        "audit HMAC key file {key_file} is missing, but the audit log {log} already has records \
+         whose recipients were pseudonymised under it. Restore the key file from a backup. To \
+         start a new key on purpose instead (older records can then no longer be found by \
+         recipient), set audit.new_key = true (or BCCGUARD__AUDIT__NEW_KEY=true) for one start; \
+         the change is recorded in the log"
+    )]
+    KeyMissing { key_file: String, log: String },
 }
 
 /// What the delivery stage knows about one message when it is done.
@@ -130,6 +177,18 @@ pub struct AuditEvent {
     pub upstream: Option<String>,
     pub header_digest_original: String,
     pub header_digest_forwarded: Option<String>,
+}
+
+/// What became of a decision (see [`AuditLog::record_decision`]).
+#[derive(Debug, Clone)]
+pub struct AuditOutcome {
+    /// The seq `record_decision` returned.
+    pub decision_seq: u64,
+    pub session: String,
+    /// The upstream's reply (for a split: a summary of the copies), None when nothing was sent.
+    pub upstream: Option<String>,
+    pub header_digest_forwarded: Option<String>,
+    pub result: OutcomeResult,
 }
 
 /// A snapshot of the writer's counters, for metrics and health.
@@ -231,18 +290,62 @@ impl AuditLog {
             .map_err(|_| AuditError::Unavailable("audit writer thread stopped".into()))
     }
 
-    /// Appends one record and returns once it is fsynced; returns its sequence number.
+    /// Appends a complete one-shot record (`kind` `record`: the message was refused here,
+    /// nothing was forwarded) and returns its seq once it is fsynced.
     pub async fn record(&self, event: AuditEvent) -> Result<u64, AuditError> {
+        self.append_event(event, Kind::Record).await
+    }
+
+    /// Appends the decision for a message about to be forwarded (`kind` `decision`) and
+    /// returns its seq once it is fsynced. Call it before anything is handed to the upstream;
+    /// on Err forward nothing and answer `451 4.3.0`. `Ok` means the line is on disk.
+    pub async fn record_decision(&self, event: AuditEvent) -> Result<u64, AuditError> {
+        self.append_event(event, Kind::Decision).await
+    }
+
+    /// Appends what became of a decision (`kind` `outcome`) once the upstream answered (or the
+    /// copies were spooled). An Err here cannot be undone for the client any more (the upstream
+    /// has the message); `audit verify` then lists the decision as one without an outcome.
+    pub async fn record_outcome(&self, outcome: AuditOutcome) -> Result<u64, AuditError> {
+        self.append(writer::Entry::Outcome(outcome)).await
+    }
+
+    async fn append_event(&self, mut event: AuditEvent, kind: Kind) -> Result<u64, AuditError> {
+        // A huge visible list is summarised here, on the blocking pool, so the writer thread
+        // (which every other session waits on) only writes; the list's tail is freed early.
+        let mut summary = None;
+        if event.visible.len() > bound::LIST_ALL_UP_TO {
+            let storage = self.cfg.recipients;
+            let key = self.stats.key.get().cloned();
+            let mut visible = std::mem::take(&mut event.visible);
+            let (v, s) = tokio::task::spawn_blocking(move || {
+                let s = bound::precompute(storage, key.as_ref(), &mut visible);
+                (visible, s)
+            })
+            .await
+            .map_err(|e| AuditError::Unavailable(format!("summarising recipients: {e}")))?;
+            event.visible = v;
+            summary = s;
+        }
         let policy_version = Arc::clone(
             &self
                 .policy_version
                 .read()
                 .unwrap_or_else(|poisoned| poisoned.into_inner()),
         );
+        self.append(writer::Entry::Event {
+            event,
+            kind,
+            policy_version,
+            summary,
+        })
+        .await
+    }
+
+    async fn append(&self, entry: writer::Entry) -> Result<u64, AuditError> {
         let (reply, rx) = oneshot::channel();
         self.send(writer::Msg::Record(Box::new(writer::Pending {
-            event,
-            policy_version,
+            entry,
             reply,
         })))?;
         rx.await
@@ -295,6 +398,33 @@ impl Drop for AuditLog {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// What [`AuditLog::open`] would refuse about the HMAC key, checked without creating or
+/// writing anything (for `config check`): a key file that is not a key, or a missing key file
+/// while the log has records and `new_key` is off. A key file that is missing on an empty log
+/// is fine (it is created at start).
+pub fn check_key_file(cfg: &AuditConfig) -> Result<(), AuditError> {
+    if cfg.recipients != RecipientStorage::Hmac {
+        return Ok(());
+    }
+    match HmacKey::load(&cfg.hmac_key_file) {
+        Ok(_) => Ok(()),
+        Err(KeyError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            let has_records = log_has_records(&cfg.path).map_err(|source| AuditError::Io {
+                path: cfg.path.display().to_string(),
+                source,
+            })?;
+            if has_records && !cfg.new_key {
+                return Err(AuditError::KeyMissing {
+                    key_file: cfg.hmac_key_file.display().to_string(),
+                    log: cfg.path.display().to_string(),
+                });
+            }
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -109,21 +109,56 @@ impl HmacKey {
             .and_then(|()| file.sync_all())
             .map_err(io)?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            super::writer::sync_dir(dir);
+            super::file::sync_dir(dir);
         }
         tracing::info!(path = %path.display(), "created audit HMAC key file");
         Ok(HmacKey(key))
     }
 
-    /// `hmac:<hex>` for one address, normalised first.
-    pub fn pseudonym(&self, address: &str) -> String {
+    fn keyed(&self) -> Hmac<Sha256> {
         // new_from_slice only fails for fixed-size MACs; HMAC takes any key length.
-        let mut mac = match <Hmac<Sha256> as Mac>::new_from_slice(&self.0) {
+        match <Hmac<Sha256> as Mac>::new_from_slice(&self.0) {
             Ok(m) => m,
             Err(_) => unreachable!("HMAC accepts keys of any length"),
-        };
+        }
+    }
+
+    /// `hmac:<hex>` for one address, normalised first.
+    pub fn pseudonym(&self, address: &str) -> String {
+        let mut mac = self.keyed();
         mac.update(normalise(address).as_bytes());
         format!("{PREFIX}{}", hex::encode(mac.finalize().into_bytes()))
+    }
+
+    /// Names the key without revealing it: hex HMAC-SHA256 of `bccguard-key-id` under it.
+    pub fn key_id(&self) -> String {
+        let mut mac = self.keyed();
+        mac.update(b"bccguard-key-id");
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    /// A pseudonymiser for many addresses: the key's pads are worked out once, and ring's
+    /// assembly SHA-256 does the hashing (same HMAC-SHA256, so the same pseudonyms).
+    pub fn batch(&self) -> Batch {
+        Batch(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.0))
+    }
+}
+
+/// See [`HmacKey::batch`].
+pub struct Batch(ring::hmac::Key);
+
+impl Batch {
+    /// The raw MAC of a normalised address (its pseudonym is `hmac:` + the hex of this; hex
+    /// keeps byte order, so sorting these sorts the pseudonyms).
+    pub fn raw(&self, address: &str) -> [u8; 32] {
+        let tag = ring::hmac::sign(&self.0, normalise(address).as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+
+    pub fn pseudonym(&self, address: &str) -> String {
+        format!("{PREFIX}{}", hex::encode(self.raw(address)))
     }
 }
 
@@ -162,6 +197,9 @@ mod tests {
         assert_ne!(p, k1.pseudonym("Bob@example.org"));
         assert_ne!(p, k2.pseudonym("bob@example.org"));
         assert!(!p.contains("bob"));
+        assert_eq!(k1.batch().pseudonym("bob@EXAMPLE.org"), p, "batch = single");
+        assert_ne!(k1.key_id(), k2.key_id());
+        assert_eq!(k1.key_id().len(), 64);
     }
 
     #[test]

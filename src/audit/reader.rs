@@ -5,8 +5,8 @@ use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
-use super::record::{check_line, Record, GENESIS};
-use super::writer::scan_tail;
+use super::file::scan_tail;
+use super::record::{check_line, AnyRecord, Kind, Record, GENESIS};
 
 /// `<base>.<YYYYMMDDTHHMMSSZ>.<seq>` → (`<base>` file name, seq).
 fn split_rotated_name(name: &str) -> Option<(&str, u64)> {
@@ -163,6 +163,15 @@ pub struct VerifyReport {
     pub start_prev: Option<String>,
     /// Torn fragments the relay moved aside (not part of the chain; listed for the admin).
     pub torn: Vec<PathBuf>,
+    /// Lines by kind: decisions, outcomes, one-shot records, key changes.
+    pub decisions: u64,
+    pub outcomes: u64,
+    pub one_shot: u64,
+    /// Seqs of the `key` lines (a new HMAC key started there).
+    pub key_changes: Vec<u64>,
+    /// Seqs of decisions no outcome line refers to: the relay stopped (or could not write the
+    /// outcome) after forwarding; on a live log also the messages still in flight.
+    pub decisions_without_outcome: Vec<u64>,
 }
 
 impl VerifyReport {
@@ -262,7 +271,13 @@ fn verify_once(path: &Path) -> Result<VerifyReport, VerifyError> {
         last_hash: None,
         start_prev: None,
         torn: torn_files(path),
+        decisions: 0,
+        outcomes: 0,
+        one_shot: 0,
+        key_changes: Vec::new(),
+        decisions_without_outcome: Vec::new(),
     };
+    let mut open_decisions = std::collections::BTreeSet::new();
     let mut last: Option<Seen> = None;
     let mut before_last: Option<String> = None;
     let broken = |file: &Path, line: u64, seq: Option<u64>, what: String| {
@@ -346,6 +361,21 @@ fn verify_once(path: &Path) -> Result<VerifyReport, VerifyError> {
                 }
                 Some(_) => {}
             }
+            match c.kind {
+                Kind::Decision => {
+                    report.decisions += 1;
+                    open_decisions.insert(c.seq);
+                }
+                Kind::Outcome => {
+                    report.outcomes += 1;
+                    // An outcome for a decision in an archived file closes nothing here.
+                    if let Some(d) = c.decision_seq {
+                        open_decisions.remove(&d);
+                    }
+                }
+                Kind::Record => report.one_shot += 1,
+                Kind::Key => report.key_changes.push(c.seq),
+            }
             report.records += 1;
             report.first_seq.get_or_insert(c.seq);
             report.last_seq = Some(c.seq);
@@ -375,6 +405,7 @@ fn verify_once(path: &Path) -> Result<VerifyReport, VerifyError> {
             }
         }
     }
+    report.decisions_without_outcome = open_decisions.into_iter().collect();
     Ok(report)
 }
 
@@ -385,8 +416,33 @@ pub struct Entry {
     pub record: Result<Record, String>,
 }
 
-/// Calls `f` for every line of every file in the set of `path`, oldest first.
+/// Calls `f` for every `decision` and `record` line (and every line that is no record at all)
+/// of every file in the set of `path`, oldest first; `outcome` and `key` lines are passed
+/// over (see [`for_each_entry`] for those).
 pub fn for_each_record(path: &Path, mut f: impl FnMut(Entry)) -> io::Result<()> {
+    for_each_entry(path, |e| {
+        let record = match e.record {
+            Ok(AnyRecord::Event(r)) => Ok(*r),
+            Ok(_) => return,
+            Err(why) => Err(why),
+        };
+        f(Entry {
+            file: e.file,
+            line: e.line,
+            record,
+        })
+    })
+}
+
+/// One line of the log, of any kind.
+pub struct AnyEntry {
+    pub file: PathBuf,
+    pub line: u64,
+    pub record: Result<AnyRecord, String>,
+}
+
+/// Calls `f` for every line of every file in the set of `path`, oldest first.
+pub fn for_each_entry(path: &Path, mut f: impl FnMut(AnyEntry)) -> io::Result<()> {
     for (file, handle) in snapshot(path)? {
         let r = BufReader::with_capacity(256 * 1024, handle);
         for (i, line) in r.split(b'\n').enumerate() {
@@ -394,11 +450,10 @@ pub fn for_each_record(path: &Path, mut f: impl FnMut(Entry)) -> io::Result<()> 
             if line.is_empty() {
                 continue;
             }
-            let record = serde_json::from_slice::<Record>(&line).map_err(|e| e.to_string());
-            f(Entry {
+            f(AnyEntry {
                 file: file.clone(),
                 line: i as u64 + 1,
-                record,
+                record: AnyRecord::parse(&line),
             });
         }
     }

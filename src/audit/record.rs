@@ -9,12 +9,54 @@ use crate::config::{Action, Mode};
 /// `prev` of the very first record of a log (64 zeros).
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// Every field of a record, in the order they are written. Serialising this struct with
-/// `hash` empty gives the canonical bytes the hash covers.
+/// What a line of the log is. Lines written before kinds existed have no `kind` member and
+/// read as [`Kind::Record`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// An intervention decided, fsynced before anything went to the upstream.
+    Decision,
+    /// What became of a decision (refers to it by `decision_seq`).
+    Outcome,
+    /// A complete one-shot record: the message was refused here, nothing was forwarded.
+    #[default]
+    Record,
+    /// The HMAC key behind the pseudonyms changed from this point on.
+    Key,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Decision => "decision",
+            Kind::Outcome => "outcome",
+            Kind::Record => "record",
+            Kind::Key => "key",
+        }
+    }
+}
+
+/// Stands in for the full list when the visible recipients are too many to list (the record
+/// size is bounded): `recipients` then holds only the first `listed` entries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecipientSummary {
+    /// All visible recipients (equals `visible_count`).
+    pub count: usize,
+    /// How many of them `recipients` lists (the first ones, in first-seen order).
+    pub listed: usize,
+    /// Lower-case hex SHA-256 over every entry (in its stored form: `hmac:<hex>` or the plain
+    /// address), sorted bytewise, each followed by LF.
+    pub sha256: String,
+}
+
+/// A `decision` or `record` line: every field, in the order written. Serialising this struct
+/// with `hash` empty gives the canonical bytes the hash covers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     pub time: String,
     pub seq: u64,
+    #[serde(default)]
+    pub kind: Kind,
     pub session: String,
     pub client: String,
     pub auth_user: Option<String>,
@@ -33,6 +75,9 @@ pub struct Record {
     /// Absent when `recipients_mode` is `none`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recipients: Option<Vec<String>>,
+    /// Present only when `recipients` lists fewer than `visible_count` entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipients_summary: Option<RecipientSummary>,
     pub upstream: Option<String>,
     pub policy_version: String,
     pub header_digest_original: String,
@@ -43,20 +88,132 @@ pub struct Record {
     pub hash: String,
 }
 
+/// An `outcome` line: what became of the decision `decision_seq`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutcomeRecord {
+    pub time: String,
+    pub seq: u64,
+    pub kind: Kind,
+    pub session: String,
+    pub decision_seq: u64,
+    pub result: OutcomeResult,
+    pub upstream: Option<String>,
+    pub header_digest_forwarded: Option<String>,
+    pub prev: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hash: String,
+}
+
+/// A `key` line: from here on pseudonyms are made under the key with this fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub time: String,
+    pub seq: u64,
+    pub kind: Kind,
+    /// Hex HMAC-SHA256 of `bccguard-key-id` under the key (identifies it, reveals nothing).
+    pub key_id: String,
+    pub key_file: String,
+    pub reason: String,
+    pub prev: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hash: String,
+}
+
+/// How a forwarded (or attempted) intervention ended, as the client was told. A decision may
+/// get more than one outcome line (e.g. `spooled`, later `delivered` by the spool): the last
+/// one is the current state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutcomeResult {
+    /// The upstream accepted the message (every copy, for a split); the client got 250.
+    Delivered,
+    /// The upstream refused it (its reply is in `upstream`); the client got that refusal.
+    Refused,
+    /// Handed (in whole or in part) to the durable spool; the client got 250.
+    Spooled,
+    /// The transfer failed (connection lost, timeout, local error); the client got a 4xx.
+    Failed,
+}
+
+impl OutcomeResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutcomeResult::Delivered => "delivered",
+            OutcomeResult::Refused => "refused",
+            OutcomeResult::Spooled => "spooled",
+            OutcomeResult::Failed => "failed",
+        }
+    }
+}
+
+/// Serialises `value` (whose `hash` member is empty and so left out) and returns the full line
+/// (with its LF) and the hash.
+fn seal_any<T: Serialize>(value: &T) -> Result<(Vec<u8>, String), serde_json::Error> {
+    let canonical = serde_json::to_vec(value)?;
+    let hash = hex::encode(Sha256::digest(&canonical));
+    let mut line = canonical;
+    // Canonical bytes always end with `}`: put the hash member before it.
+    line.pop();
+    line.extend_from_slice(b",\"hash\":\"");
+    line.extend_from_slice(hash.as_bytes());
+    line.extend_from_slice(b"\"}\n");
+    Ok((line, hash))
+}
+
 impl Record {
     /// Sets `hash` and returns the full line (with its LF) to append to the log.
     pub fn seal(&mut self) -> Result<Vec<u8>, serde_json::Error> {
         self.hash.clear();
-        let canonical = serde_json::to_vec(self)?;
-        let hash = hex::encode(Sha256::digest(&canonical));
-        let mut line = canonical;
-        // Canonical bytes always end with `}`: put the hash member before it.
-        line.pop();
-        line.extend_from_slice(b",\"hash\":\"");
-        line.extend_from_slice(hash.as_bytes());
-        line.extend_from_slice(b"\"}\n");
+        let (line, hash) = seal_any(self)?;
         self.hash = hash;
         Ok(line)
+    }
+}
+
+impl OutcomeRecord {
+    pub fn seal(&mut self) -> Result<Vec<u8>, serde_json::Error> {
+        self.hash.clear();
+        let (line, hash) = seal_any(self)?;
+        self.hash = hash;
+        Ok(line)
+    }
+}
+
+impl KeyRecord {
+    pub fn seal(&mut self) -> Result<Vec<u8>, serde_json::Error> {
+        self.hash.clear();
+        let (line, hash) = seal_any(self)?;
+        self.hash = hash;
+        Ok(line)
+    }
+}
+
+/// Any line of the log, by its `kind`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnyRecord {
+    /// `decision` or `record`.
+    Event(Box<Record>),
+    Outcome(OutcomeRecord),
+    Key(KeyRecord),
+}
+
+impl AnyRecord {
+    pub fn parse(line: &[u8]) -> Result<AnyRecord, String> {
+        #[derive(Deserialize)]
+        struct KindOnly {
+            #[serde(default)]
+            kind: Kind,
+        }
+        let k: KindOnly =
+            serde_json::from_slice(line).map_err(|e| format!("not a valid audit record ({e})"))?;
+        let parsed = match k.kind {
+            Kind::Decision | Kind::Record => serde_json::from_slice(line)
+                .map(Box::new)
+                .map(AnyRecord::Event),
+            Kind::Outcome => serde_json::from_slice(line).map(AnyRecord::Outcome),
+            Kind::Key => serde_json::from_slice(line).map(AnyRecord::Key),
+        };
+        parsed.map_err(|e| format!("not a valid {} record ({e})", k.kind.as_str()))
     }
 }
 
@@ -64,6 +221,10 @@ impl Record {
 #[derive(Debug, Deserialize)]
 struct ChainFields {
     seq: u64,
+    #[serde(default)]
+    kind: Kind,
+    #[serde(default)]
+    decision_seq: Option<u64>,
     prev: String,
     hash: String,
 }
@@ -72,6 +233,9 @@ struct ChainFields {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checked {
     pub seq: u64,
+    pub kind: Kind,
+    /// For an outcome: the decision it closes.
+    pub decision_seq: Option<u64>,
     pub prev: String,
     pub hash: String,
 }
@@ -107,8 +271,13 @@ pub fn check_line(line: &[u8]) -> Result<Checked, String> {
             fields.hash, actual
         ));
     }
+    if fields.kind == Kind::Outcome && fields.decision_seq.is_none() {
+        return Err("outcome record without `decision_seq`".to_string());
+    }
     Ok(Checked {
         seq: fields.seq,
+        kind: fields.kind,
+        decision_seq: fields.decision_seq,
         prev: fields.prev,
         hash: fields.hash,
     })
@@ -122,6 +291,7 @@ mod tests {
         Record {
             time: "2024-05-01T10:00:00.000000Z".into(),
             seq: 1,
+            kind: Kind::Record,
             session: "s1".into(),
             client: "192.0.2.1:1234".into(),
             auth_user: None,
@@ -138,6 +308,7 @@ mod tests {
             envelope_recipients: 2,
             recipients_mode: "none".into(),
             recipients: None,
+            recipients_summary: None,
             upstream: Some("250 ok".into()),
             policy_version: "pv".into(),
             header_digest_original: "d".into(),
@@ -159,6 +330,48 @@ mod tests {
         let back: Record = serde_json::from_slice(body).unwrap();
         assert_eq!(back, r);
         assert!(!String::from_utf8_lossy(body).contains("\"recipients\":"));
+    }
+
+    #[test]
+    fn lines_from_before_kinds_read_as_records() {
+        let mut r = sample();
+        let line = r.seal().unwrap();
+        let text = String::from_utf8(line[..line.len() - 1].to_vec()).unwrap();
+        // The same record as an older writer made it: no `kind` member, hash over those bytes.
+        let old = text.replace(",\"kind\":\"record\"", "");
+        let body = old
+            .strip_suffix(&format!(",\"hash\":\"{}\"}}", r.hash))
+            .unwrap();
+        let hash = hex::encode(Sha256::digest(format!("{body}}}").as_bytes()));
+        let old = format!("{body},\"hash\":\"{hash}\"}}");
+        let c = check_line(old.as_bytes()).unwrap();
+        assert_eq!(c.kind, Kind::Record);
+        match AnyRecord::parse(old.as_bytes()).unwrap() {
+            AnyRecord::Event(e) => assert_eq!(e.kind, Kind::Record),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn outcome_needs_its_decision_seq() {
+        let mut o = OutcomeRecord {
+            time: "t".into(),
+            seq: 2,
+            kind: Kind::Outcome,
+            session: "s".into(),
+            decision_seq: 1,
+            result: OutcomeResult::Spooled,
+            upstream: None,
+            header_digest_forwarded: None,
+            prev: GENESIS.into(),
+            hash: String::new(),
+        };
+        let line = o.seal().unwrap();
+        let body = &line[..line.len() - 1];
+        assert_eq!(check_line(body).unwrap().decision_seq, Some(1));
+        assert!(matches!(AnyRecord::parse(body), Ok(AnyRecord::Outcome(_))));
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        assert!(text.contains("\"result\":\"spooled\""), "{text}");
     }
 
     #[test]

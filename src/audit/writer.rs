@@ -4,7 +4,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Seek, SeekFrom, Write};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -13,19 +13,19 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use super::bound;
+use super::file::{scan_tail, sync_dir};
 use super::pseudonym::{HmacKey, KeyError};
 use super::reader;
-use super::record::{Record, GENESIS};
-use super::{AuditError, AuditEvent};
-use crate::config::{Action, AuditConfig, Mode, RecipientStorage};
+use super::record::{KeyRecord, Kind, GENESIS};
+use super::{AuditError, AuditEvent, AuditOutcome};
+use crate::config::{AuditConfig, RecipientStorage};
 
 /// How often an idle writer re-checks an unwritable log (and that the file it holds is still
 /// the one at the configured path).
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// Most records in one group commit.
 const MAX_BATCH: usize = 4096;
-/// A tail "line" longer than this is garbage, not a record, and is not read into memory.
-const MAX_LINE: u64 = 16 * 1024 * 1024;
 
 /// Counters the relay's metrics read; updated only by the writer thread.
 #[derive(Debug, Default)]
@@ -37,11 +37,28 @@ pub struct Stats {
     pub last_write_micros: AtomicU64,
     pub last_batch: AtomicU64,
     pub last_seq: AtomicU64,
+    /// The HMAC key once the writer has loaded it, so callers can summarise huge recipient
+    /// lists on their side instead of in the writer thread.
+    pub key: std::sync::OnceLock<HmacKey>,
+}
+
+/// What a caller asked to append.
+// Size is no concern: every entry travels inside a boxed `Pending`.
+#[allow(clippy::large_enum_variant)]
+pub enum Entry {
+    /// A `decision` or `record` line.
+    Event {
+        event: AuditEvent,
+        kind: Kind,
+        policy_version: Arc<str>,
+        /// Made by the caller for a huge list; `event.visible` then holds only its first entries.
+        summary: Option<bound::Precomputed>,
+    },
+    Outcome(AuditOutcome),
 }
 
 pub struct Pending {
-    pub event: AuditEvent,
-    pub policy_version: Arc<str>,
+    pub entry: Entry,
     pub reply: oneshot::Sender<Result<u64, AuditError>>,
 }
 
@@ -66,18 +83,9 @@ pub struct Writer {
     /// Last record written (seq 0 / GENESIS before the first); `None` until known.
     head: Option<(u64, String)>,
     last_probe: Instant,
-}
-
-/// fsyncs a directory so a created or renamed entry survives a crash; best effort.
-pub fn sync_dir(dir: &Path) {
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    };
-    if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
-        tracing::warn!(dir = %dir.display(), "could not fsync directory: {e}");
-    }
+    /// A new key was started on a log with records: the `key` line still to be written
+    /// (before any other record), with its reason.
+    key_record_due: Option<String>,
 }
 
 fn parent_of(path: &Path) -> &Path {
@@ -106,65 +114,6 @@ fn append_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut s = path.as_os_str().to_os_string();
     s.push(suffix);
     PathBuf::from(s)
-}
-
-/// Position of the last LF in `file[..end]`, reading backwards.
-fn rfind_newline(file: &File, end: u64) -> io::Result<Option<u64>> {
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut pos = end;
-    while pos > 0 {
-        let n = (buf.len() as u64).min(pos) as usize;
-        let start = pos - n as u64;
-        file.read_exact_at(&mut buf[..n], start)?;
-        if let Some(i) = memchr::memrchr(b'\n', &buf[..n]) {
-            return Ok(Some(start + i as u64));
-        }
-        pos = start;
-    }
-    Ok(None)
-}
-
-/// The end of the last complete, parseable record and that record's (seq, hash).
-/// Everything after `good_end` is a torn write or garbage.
-pub struct Tail {
-    pub good_end: u64,
-    pub last: Option<(u64, String)>,
-}
-
-#[derive(serde::Deserialize)]
-struct SeqHash {
-    seq: u64,
-    hash: String,
-}
-
-/// Finds the last line that is a complete record. A line that parses is kept even if its hash
-/// is wrong: that is tampering for `verify` to report, not a crash to repair.
-pub fn scan_tail(file: &File) -> io::Result<Tail> {
-    let len = file.metadata()?.len();
-    let mut good_end = rfind_newline(file, len)?.map_or(0, |p| p + 1);
-    loop {
-        if good_end == 0 {
-            return Ok(Tail {
-                good_end,
-                last: None,
-            });
-        }
-        let start = rfind_newline(file, good_end - 1)?.map_or(0, |p| p + 1);
-        let line_len = good_end - 1 - start;
-        if line_len <= MAX_LINE {
-            let mut line = vec![0u8; line_len as usize];
-            file.read_exact_at(&mut line, start)?;
-            if let Ok(r) = serde_json::from_slice::<SeqHash>(&line) {
-                if r.hash.len() == 64 && r.hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    return Ok(Tail {
-                        good_end,
-                        last: Some((r.seq, r.hash)),
-                    });
-                }
-            }
-        }
-        good_end = start;
-    }
 }
 
 /// Copies `file[from..]` to a new `<path>.torn-<time>` file (kept for inspection), then cuts it
@@ -217,6 +166,7 @@ impl Writer {
             current: None,
             head: None,
             last_probe: Instant::now(),
+            key_record_due: None,
         }
     }
 
@@ -236,7 +186,9 @@ impl Writer {
     pub fn reopen(&mut self) -> Result<(), AuditError> {
         self.current = None;
         if self.cfg.recipients == RecipientStorage::Hmac && self.key.is_none() {
-            self.key = Some(HmacKey::load_or_create(&self.cfg.hmac_key_file)?);
+            let key = self.load_key()?;
+            let _ = self.stats.key.set(key.clone());
+            self.key = Some(key);
         }
         let path = self.cfg.path.clone();
         let dir = parent_of(&path).to_path_buf();
@@ -314,6 +266,82 @@ impl Writer {
             dev: meta.dev(),
             ino: meta.ino(),
         });
+        if self.key_record_due.is_some() {
+            if let Err(e) = self.write_key_record() {
+                self.current = None;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads the HMAC key. A missing key file is created only when the log has no records
+    /// yet, or when the admin asked for a new key (`audit.new_key`); then a `key` line is due.
+    fn load_key(&mut self) -> Result<HmacKey, AuditError> {
+        let file = &self.cfg.hmac_key_file;
+        match HmacKey::load(file) {
+            Err(KeyError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+            other => return Ok(other?),
+        }
+        let has_records = log_has_records(&self.cfg.path).map_err(|e| self.io_err(e))?;
+        if has_records && !self.cfg.new_key {
+            return Err(AuditError::KeyMissing {
+                key_file: file.display().to_string(),
+                log: self.cfg.path.display().to_string(),
+            });
+        }
+        let key = HmacKey::load_or_create(file)?;
+        if has_records {
+            tracing::warn!(
+                key_file = %file.display(),
+                key_id = %key.key_id(),
+                "audit HMAC key file was missing; started a new key as audit.new_key asks \
+                 (records made under the old key can no longer be searched by recipient)"
+            );
+            self.key_record_due = Some(format!(
+                "key file {} was missing; a new key was started (audit.new_key = true)",
+                file.display()
+            ));
+        }
+        Ok(key)
+    }
+
+    /// Appends the due `key` line (write + sync) to the freshly opened file.
+    fn write_key_record(&mut self) -> Result<(), AuditError> {
+        let (Some(reason), Some(key)) = (self.key_record_due.clone(), self.key.as_ref()) else {
+            return Ok(());
+        };
+        let (seq, prev) = self.head.clone().unwrap_or((0, GENESIS.to_string()));
+        let mut r = KeyRecord {
+            time: now_rfc3339(),
+            seq: seq + 1,
+            kind: Kind::Key,
+            key_id: key.key_id(),
+            key_file: bound::cap(&self.cfg.hmac_key_file.display().to_string(), 4096),
+            reason,
+            prev,
+            hash: String::new(),
+        };
+        let line = r
+            .seal()
+            .map_err(|e| AuditError::Unavailable(format!("cannot encode record: {e}")))?;
+        let Some(cur) = self.current.as_mut() else {
+            return Ok(());
+        };
+        let result = cur.file.write_all(&line).and_then(|()| {
+            self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+            cur.file.sync_data()
+        });
+        if let Err(e) = result {
+            let _ = cur.file.set_len(cur.len);
+            self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+            return Err(self.io_err(e));
+        }
+        cur.len += line.len() as u64;
+        self.stats.records.fetch_add(1, Ordering::Relaxed);
+        self.stats.last_seq.store(seq + 1, Ordering::Relaxed);
+        self.head = Some((seq + 1, r.hash));
+        self.key_record_due = None;
         Ok(())
     }
 
@@ -387,52 +415,35 @@ impl Writer {
         }
     }
 
-    fn make_record(
+    /// The sealed line for one pending entry.
+    fn make_line(
         &self,
         p: &Pending,
         seq: u64,
-        prev: String,
+        prev: &str,
         time: &str,
-    ) -> Result<Record, AuditError> {
-        let e = &p.event;
-        let (mode, recipients) = match self.cfg.recipients {
-            RecipientStorage::Hmac => {
-                let key = self
-                    .key
-                    .as_ref()
-                    .ok_or_else(|| AuditError::Unavailable("no HMAC key loaded".into()))?;
-                let r = e.visible.iter().map(|a| key.pseudonym(a)).collect();
-                ("hmac", Some(r))
-            }
-            RecipientStorage::Plain => ("plain", Some(e.visible.clone())),
-            RecipientStorage::None => ("none", None),
-        };
-        Ok(Record {
-            time: time.to_string(),
-            seq,
-            session: e.session.clone(),
-            client: e.client.clone(),
-            auth_user: e.auth_user.clone(),
-            sender: e.sender.clone(),
-            message_id: e.message_id.clone(),
-            rule: e.rule.clone(),
-            action: e.action,
-            mode: e.mode,
-            would: e.mode == Mode::Monitor && e.action != Action::Accept,
-            reason: e.reason.clone(),
-            visible_count: e.visible.len(),
-            visible_external: e.visible_external,
-            external_domains: e.external_domains,
-            envelope_recipients: e.envelope_recipients,
-            recipients_mode: mode.to_string(),
-            recipients,
-            upstream: e.upstream.clone(),
-            policy_version: p.policy_version.to_string(),
-            header_digest_original: e.header_digest_original.clone(),
-            header_digest_forwarded: e.header_digest_forwarded.clone(),
-            prev,
-            hash: String::new(),
-        })
+    ) -> Result<(Vec<u8>, String), AuditError> {
+        match &p.entry {
+            Entry::Event {
+                event,
+                kind,
+                policy_version,
+                summary,
+            } => bound::event_line(
+                event,
+                &bound::Context {
+                    summary: summary.as_ref(),
+                    storage: self.cfg.recipients,
+                    key: self.key.as_ref(),
+                    policy_version,
+                    kind: *kind,
+                    seq,
+                    prev,
+                    time,
+                },
+            ),
+            Entry::Outcome(o) => bound::outcome_line(o, seq, prev, time),
+        }
     }
 
     /// Writes a batch with one write and one `sync_data`, then answers every caller.
@@ -449,14 +460,7 @@ impl Writer {
         let mut buf = Vec::with_capacity(batch.len() * 1024);
         let mut outcome: Vec<Result<u64, AuditError>> = Vec::with_capacity(batch.len());
         for p in &batch {
-            let sealed = self
-                .make_record(p, seq + 1, prev.clone(), &time)
-                .and_then(|mut r| {
-                    r.seal()
-                        .map(|line| (line, r.hash))
-                        .map_err(|e| AuditError::Unavailable(format!("cannot encode record: {e}")))
-                });
-            match sealed {
+            match self.make_line(p, seq + 1, &prev, &time) {
                 Ok((line, hash)) => {
                     seq += 1;
                     prev = hash;
@@ -590,12 +594,28 @@ impl Writer {
 
 /// Whether a failed open is the admin's mistake (stop) rather than a condition that may heal.
 pub fn is_fatal(e: &AuditError) -> bool {
-    matches!(e, AuditError::Key(KeyError::Invalid { .. }))
+    matches!(
+        e,
+        AuditError::Key(KeyError::Invalid { .. }) | AuditError::KeyMissing { .. }
+    )
+}
+
+/// Whether the log at `path` (current file or rotated files) holds at least one record.
+pub fn log_has_records(path: &Path) -> io::Result<bool> {
+    if !reader::rotated_files(path)?.is_empty() {
+        return Ok(true);
+    }
+    match File::open(path) {
+        Ok(f) => Ok(f.metadata()?.is_file() && scan_tail(&f)?.last.is_some()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{Action, Mode};
 
     fn cfg(dir: &Path) -> AuditConfig {
         AuditConfig {
@@ -604,6 +624,7 @@ mod tests {
             hmac_key_file: dir.join("audit.key"),
             log_accepts: false,
             rotate_bytes: 0,
+            new_key: false,
         }
     }
 
@@ -628,8 +649,12 @@ mod tests {
             header_digest_forwarded: None,
         };
         let p = Pending {
-            event,
-            policy_version: Arc::from("pv"),
+            entry: Entry::Event {
+                event,
+                kind: Kind::Record,
+                policy_version: Arc::from("pv"),
+                summary: None,
+            },
             reply,
         };
         (p, rx)

@@ -18,7 +18,14 @@
 //! day, rule, action, mode and sender domain, for a spreadsheet's pivot table). `--sender` matches the address
 //! case-insensitively, or `*@domain`. `--recipient` matches plain records and, with the key
 //! file, pseudonymised ones (HMAC of the address as given and with its local part lower-cased).
+//!
+//! Two-phase records: `query` shows a decision with its outcome (`--json`: an `outcome` member,
+//! null when none was written); outcome and key lines are not shown on their own. With
+//! `--recipient` it says how many records were made under another HMAC key (after a `key`
+//! line) and how many list only the first of their recipients (a summary). `verify` also lists
+//! decisions without an outcome line (still exit 0: the chain is intact) and key changes.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -235,6 +242,7 @@ fn run_verify(config: &Path, path: Option<&Path>) -> ExitCode {
             if let Some(h) = &r.last_hash {
                 println!("last hash {h}");
             }
+            print_two_phase_notes(&r, &path);
             if !r.torn.is_empty() {
                 let names: Vec<String> = r.torn.iter().map(|p| p.display().to_string()).collect();
                 println!(
@@ -270,6 +278,8 @@ struct Filter {
     /// Their pseudonyms under the key (empty without a key).
     recipient_hmac: Vec<String>,
     wants_recipient: bool,
+    /// Fingerprint of the key the pseudonyms are looked for under.
+    key_id: Option<String>,
 }
 
 impl Filter {
@@ -303,6 +313,7 @@ impl Filter {
             .transpose()?;
         let mut recipient_plain = Vec::new();
         let mut recipient_hmac = Vec::new();
+        let mut key_id = None;
         if let Some(r) = recipient {
             let exact = audit::normalise_address(r);
             let lower = exact.to_lowercase();
@@ -313,6 +324,7 @@ impl Filter {
             match HmacKey::load(&cfg.audit.hmac_key_file) {
                 Ok(key) => {
                     recipient_hmac = recipient_plain.iter().map(|a| key.pseudonym(a)).collect();
+                    key_id = Some(key.key_id());
                 }
                 Err(e) if cfg.audit.recipients == RecipientStorage::Hmac => {
                     return Err(format!(
@@ -335,6 +347,7 @@ impl Filter {
             recipient_plain,
             recipient_hmac,
             wants_recipient: recipient.is_some(),
+            key_id,
         })
     }
 
@@ -377,21 +390,22 @@ impl Filter {
                 return false;
             }
         }
-        if self.wants_recipient {
-            let list = r.recipients.as_deref().unwrap_or(&[]);
-            let found = list.iter().any(|stored| {
-                if stored.starts_with(HMAC_PREFIX) {
-                    self.recipient_hmac.iter().any(|h| h == stored)
-                } else {
-                    let n = audit::normalise_address(stored);
-                    self.recipient_plain.contains(&n)
-                }
-            });
-            if !found {
-                return false;
-            }
+        self.matches_recipient(r)
+    }
+
+    fn matches_recipient(&self, r: &Record) -> bool {
+        if !self.wants_recipient {
+            return true;
         }
-        true
+        let list = r.recipients.as_deref().unwrap_or(&[]);
+        list.iter().any(|stored| {
+            if stored.starts_with(HMAC_PREFIX) {
+                self.recipient_hmac.iter().any(|h| h == stored)
+            } else {
+                let n = audit::normalise_address(stored);
+                self.recipient_plain.contains(&n)
+            }
+        })
     }
 }
 
@@ -421,7 +435,109 @@ fn human(r: &Record) -> String {
     )
 }
 
+/// What the first pass over the log learns: the outcomes of the decisions that will be
+/// shown, and (for `--recipient`) how many records were made under another HMAC key or list
+/// only part of their recipients.
+#[derive(Default)]
+struct Pass1 {
+    outcomes: HashMap<u64, audit::OutcomeRecord>,
+    other_key: u64,
+    other_key_last_seq: Option<u64>,
+    /// Records whose recipient list was summarised and did not match in the part listed.
+    summarised: u64,
+}
+
+fn first_pass(path: &Path, filter: &Filter) -> std::io::Result<Pass1> {
+    let mut p = Pass1::default();
+    let mut wanted = HashSet::new();
+    // The key in force: unknown before the first `key` line (None), then that line's id.
+    let mut seen_key_line = false;
+    let mut under: Option<String> = None;
+    let mut older: Vec<(u64, bool)> = Vec::new();
+    audit::for_each_entry(path, |e| match e.record {
+        Ok(audit::AnyRecord::Event(r)) => {
+            if r.kind == audit::Kind::Decision && filter.matches(&r) {
+                wanted.insert(r.seq);
+            }
+            if filter.wants_recipient
+                && r.recipients_summary.is_some()
+                && !filter.matches_recipient(&r)
+            {
+                p.summarised += 1;
+            }
+            if filter.key_id.is_some() && r.recipients_mode == "hmac" {
+                let ours = seen_key_line && under == filter.key_id;
+                older.push((r.seq, ours));
+            }
+        }
+        Ok(audit::AnyRecord::Outcome(o)) => {
+            if wanted.contains(&o.decision_seq) {
+                p.outcomes.insert(o.decision_seq, o);
+            }
+        }
+        Ok(audit::AnyRecord::Key(k)) => {
+            seen_key_line = true;
+            under = Some(k.key_id);
+        }
+        Err(_) => {}
+    })?;
+    // Without any `key` line every record was made under the one key there ever was.
+    if seen_key_line {
+        for (seq, ours) in older {
+            if !ours {
+                p.other_key += 1;
+                p.other_key_last_seq = Some(seq);
+            }
+        }
+    }
+    Ok(p)
+}
+
+fn outcome_text(o: Option<&audit::OutcomeRecord>) -> String {
+    match o {
+        Some(o) => format!(
+            " outcome={} (seq {}) upstream={:?}",
+            o.result.as_str(),
+            o.seq,
+            o.upstream.as_deref().unwrap_or("-")
+        ),
+        None => " outcome=none (no outcome record)".to_string(),
+    }
+}
+
+fn json_line(r: &Record, outcome: Option<&audit::OutcomeRecord>) -> Result<String, String> {
+    let mut v = serde_json::to_value(r).map_err(|e| e.to_string())?;
+    if r.kind == audit::Kind::Decision {
+        if let serde_json::Value::Object(map) = &mut v {
+            let o = serde_json::to_value(outcome).map_err(|e| e.to_string())?;
+            map.insert("outcome".to_string(), o);
+        }
+    }
+    serde_json::to_string(&v).map_err(|e| e.to_string())
+}
+
 fn run_query(path: &Path, filter: &Filter, json: bool) -> ExitCode {
+    let pass1 = match first_pass(path, filter) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("audit query: {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    };
+    if pass1.other_key > 0 {
+        eprintln!(
+            "audit query: note: {} record(s) (the last at seq {}) were made under another HMAC key (before a key change): --recipient cannot match their recipients with the current key",
+            pass1.other_key,
+            pass1.other_key_last_seq.unwrap_or(0)
+        );
+    }
+    if pass1.summarised > 0 {
+        eprintln!(
+            "audit query: note: {} record(s) list only the first {} of their visible recipients (recipients_summary): the address may be among the others, which only the summary's digest covers",
+            pass1.summarised,
+            audit::LISTED_WHEN_SUMMARISED
+        );
+    }
     let mut shown = 0u64;
     let mut out_err = None;
     let walked = audit::for_each_record(path, |e| match e.record {
@@ -429,8 +545,11 @@ fn run_query(path: &Path, filter: &Filter, json: bool) -> ExitCode {
             if !filter.matches(&r) || out_err.is_some() {
                 return;
             }
+            let outcome = pass1.outcomes.get(&r.seq);
             let line = if json {
-                serde_json::to_string(&r).map_err(|e| e.to_string())
+                json_line(&r, outcome)
+            } else if r.kind == audit::Kind::Decision {
+                Ok(format!("{}{}", human(&r), outcome_text(outcome)))
             } else {
                 Ok(human(&r))
             };
@@ -460,4 +579,47 @@ fn run_query(path: &Path, filter: &Filter, json: bool) -> ExitCode {
         eprintln!("no matching records");
     }
     ExitCode::SUCCESS
+}
+
+/// The first 20 seqs, comma-separated, and how many more.
+fn seq_list(seqs: &[u64]) -> String {
+    const SHOWN: usize = 20;
+    let mut s = seqs
+        .iter()
+        .take(SHOWN)
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if seqs.len() > SHOWN {
+        s.push_str(&format!(" and {} more", seqs.len() - SHOWN));
+    }
+    s
+}
+
+/// `verify`'s lines about record kinds, key changes and decisions without an outcome.
+fn print_two_phase_notes(r: &audit::VerifyReport, path: &Path) {
+    if r.decisions > 0 || r.outcomes > 0 {
+        println!(
+            "{} decisions, {} outcomes, {} one-shot records",
+            r.decisions, r.outcomes, r.one_shot
+        );
+    }
+    if !r.key_changes.is_empty() {
+        println!(
+            "HMAC key changed at seq {}: recipients of records before it are pseudonymised under an older key",
+            seq_list(&r.key_changes)
+        );
+    }
+    if !r.decisions_without_outcome.is_empty() {
+        println!(
+            "{} decisions without an outcome record: seq {}; the relay stopped or could not write the outcome after forwarding{}",
+            r.decisions_without_outcome.len(),
+            seq_list(&r.decisions_without_outcome),
+            if audit::is_live(path) {
+                " (the relay is running: messages in flight show here too)"
+            } else {
+                ""
+            }
+        );
+    }
 }

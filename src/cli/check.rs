@@ -1,9 +1,13 @@
 //! `bccguard check` (dry-run the policy on one message). (`config check` is in `cli::config`.)
+//! `check` builds the same [`Message`] and runs the same plan as `serve`, so it reports what
+//! the relay does with the same bytes, refusals and their replies included.
 //!
 //! Exit codes: `check` exits 0 whatever the decision and 2 when the config, the file or the
 //! message cannot be read. With `--json`, stdout always carries exactly one JSON object: the
-//! decision, or `{"error": "...", "kind": "config" | "input" | "unreadable"}` on exit 2 (the same
-//! text also goes to stderr). `config check` exits 0 when the config is valid and 1 otherwise.
+//! decision, or `{"error": "...", "kind": "config" | "input" | "unreadable" | "too_big",
+//! "smtp_reply": ...}` on exit 2 (the same text also goes to stderr); `smtp_reply` is the reply
+//! `serve` gives the same bytes. The file is read as a client would send it with DATA: LF line
+//! ends become CRLF, and DATA's rules (bare CR, lines over 1000 octets, size) apply.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -12,8 +16,11 @@ use std::process::ExitCode;
 use serde_json::json;
 
 use crate::config::{Action, Config, DkimOnRewrite, Mode, DEFAULT_CONFIG_PATH};
+use crate::message::{Envelope, Message, Unreadable};
 use crate::policy::{Decision, Policy};
-use crate::rewrite::{dkim_signatures_over_recipients, RewriteError, Rewriter};
+use crate::rewrite::plan::{plan, Plan, Refusal, RefusalCause, Send};
+use crate::rewrite::{dkim_signatures_over_recipients, Rewriter};
+use crate::smtp::data::{receive_whole, DataError};
 
 #[derive(clap::Args, Debug)]
 pub struct CheckArgs {
@@ -36,6 +43,8 @@ pub struct CheckArgs {
 struct Failure {
     kind: &'static str,
     message: String,
+    /// The reply `serve` gives the same bytes, when it would refuse them.
+    smtp_reply: Option<String>,
 }
 
 impl Failure {
@@ -43,6 +52,7 @@ impl Failure {
         Failure {
             kind,
             message: message.into(),
+            smtp_reply: None,
         }
     }
 }
@@ -72,7 +82,10 @@ pub fn run_check(args: &CheckArgs) -> ExitCode {
         }
         Err(f) => {
             if args.json {
-                println!("{}", json!({"error": f.message, "kind": f.kind}));
+                println!(
+                    "{}",
+                    json!({"error": f.message, "kind": f.kind, "smtp_reply": f.smtp_reply})
+                );
             }
             eprintln!("bccguard check: {}", f.message);
             ExitCode::from(2)
@@ -87,36 +100,50 @@ fn check(args: &CheckArgs) -> Result<Report, Failure> {
         Policy::new(&cfg.policy).map_err(|e| Failure::new("config", format!("{shown}: {e:#}")))?;
     let rewriter = Rewriter::new(&cfg.policy)
         .map_err(|e| Failure::new("config", format!("{shown}: {e:#}")))?;
-    let raw = read_input(&args.file)?;
+    // The bytes `serve` would hold at the end of DATA had a client sent this file (DATA's rules
+    // and replies included), then the same value it builds from them, refused the same way.
+    let received = receive_whole(
+        &client_line_ends(&read_input(&args.file)?),
+        cfg.server.max_message_size,
+    )
+    .map_err(|e| refused_data(e, cfg.server.max_message_size))?;
+    let message = Message::parse(received).map_err(|r| unreadable(&r.why))?;
 
     let (sender, sender_source) = match &args.from {
         Some(f) => (f.trim().to_string(), "--from"),
-        None => match from_field_address(&raw) {
+        None => match from_field_address(&message) {
             Some(a) => (a, "From: field"),
             None => (String::new(), "none (null sender)"),
         },
     };
+    let mut envelope = Envelope {
+        sender,
+        ..Envelope::default()
+    };
+    let decision = policy
+        .decide(&message, &envelope)
+        .map_err(|u| unreadable(&u))?;
     // Without --rcpt the envelope is what the message shows (as a client would have sent it).
-    let visible_first = crate::policy::visible::find_visible(&raw).map_err(|u| {
-        Failure::new(
-            "unreadable",
-            format!("the relay would refuse this message (550 5.6.0): {u}"),
-        )
-    })?;
-    let envelope: Vec<String> = if args.rcpt.is_empty() {
-        visible_first.addresses.clone()
+    envelope.recipients = if args.rcpt.is_empty() {
+        decision.visible.clone()
     } else {
         args.rcpt.iter().map(|r| r.trim().to_string()).collect()
     };
-    let decision = policy.decide(&sender, &envelope, &raw).map_err(|u| {
-        Failure::new(
-            "unreadable",
-            format!("the relay would refuse this message (550 5.6.0): {u}"),
-        )
-    })?;
 
-    let (delivered_as, smtp_reply) = outcome(&rewriter, &raw, &sender, &envelope, &decision)?;
-    let dkim = dkim_note(&raw, &decision, cfg.policy.dkim.on_rewrite);
+    let (delivered_as, smtp_reply) = match plan(&rewriter, &decision, &message, &envelope) {
+        Plan::Refuse(refusal) => (
+            match refusal.cause {
+                RefusalCause::Policy => "nothing: the message is refused",
+                RefusalCause::Dkim => "nothing: refused because of DKIM",
+                RefusalCause::Unreadable => "nothing: the message cannot be read for sure",
+                RefusalCause::Signing => "nothing: the relay could not sign it (try again later)",
+            }
+            .to_string(),
+            Some(refusal.reply.to_string()),
+        ),
+        Plan::Send(sends) => (describe(&sends, &decision, envelope.recipients.len()), None),
+    };
+    let dkim = dkim_note(&message, &decision, cfg.policy.dkim.on_rewrite);
     let internal = policy.internal_domains();
     let external = decision
         .visible
@@ -125,15 +152,53 @@ fn check(args: &CheckArgs) -> Result<Report, Failure> {
         .collect();
     Ok(Report {
         decision,
-        sender,
+        sender: envelope.sender,
         sender_source,
-        envelope,
+        envelope: envelope.recipients,
         external,
         delivered_as,
         smtp_reply,
         dkim,
         policy_version: policy.version(),
     })
+}
+
+/// A header the relay would refuse (550 5.6.0): exit 2, with the very reply `serve` gives.
+fn unreadable(u: &Unreadable) -> Failure {
+    let reply = Refusal::unreadable(u).reply;
+    Failure {
+        kind: "unreadable",
+        message: format!("the relay would refuse this message ({reply})"),
+        smtp_reply: Some(reply.to_string()),
+    }
+}
+
+/// A message that breaks DATA's rules: exit 2, with the very reply `serve` gives.
+fn refused_data(e: DataError, max_size: usize) -> Failure {
+    let reply = e.reply(max_size);
+    Failure {
+        kind: match e {
+            DataError::TooBig => "too_big",
+            DataError::BareLf | DataError::BareCr | DataError::LineTooLong => "unreadable",
+        },
+        message: format!("the relay would refuse this message ({reply})"),
+        smtp_reply: Some(reply.to_string()),
+    }
+}
+
+/// The file as a mail client sends it: files on disk often end lines in LF alone, and clients
+/// send every line end as CRLF. A lone CR stays (serve refuses it, so check does too).
+fn client_line_ends(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len() + raw.len() / 32);
+    let mut prev = 0u8;
+    for &b in raw {
+        if b == b'\n' && prev != b'\r' {
+            out.push(b'\r');
+        }
+        out.push(b);
+        prev = b;
+    }
+    out
 }
 
 fn read_input(file: &Path) -> Result<Vec<u8>, Failure> {
@@ -150,77 +215,36 @@ fn read_input(file: &Path) -> Result<Vec<u8>, Failure> {
 }
 
 /// The first address in the From: field, as a mail client would use it for MAIL FROM.
-fn from_field_address(raw: &[u8]) -> Option<String> {
+fn from_field_address(message: &Message) -> Option<String> {
     // Our own reader, not mail-parser: it must not panic on whatever file an admin feeds it.
-    let header = crate::message::header::split(raw).ok()?;
-    let from = header.fields.iter().find(|f| f.name_is("From"))?;
-    let list = crate::policy::address::parse_address_list(from.value).ok()?;
+    let list = crate::policy::address::parse_address_list(message.field("From")?).ok()?;
     list.addresses.into_iter().find(|a| !a.is_empty())
 }
 
-/// What would leave the relay, in words, and the SMTP reply when the client would get a refusal.
-fn outcome(
-    rw: &Rewriter,
-    raw: &[u8],
-    sender: &str,
-    envelope: &[String],
-    d: &Decision,
-) -> Result<(String, Option<String>), Failure> {
-    let n = envelope.len();
+/// What would leave the relay, in words.
+fn describe(sends: &[Send<'_>], d: &Decision, n: usize) -> String {
     let rcpts = format!(
         "{n} envelope {}",
         if n == 1 { "recipient" } else { "recipients" }
     );
-    let refused = |e: RewriteError| -> Result<(String, Option<String>), Failure> {
-        match e {
-            RewriteError::DkimRefused(text) => Ok((
-                "nothing: refused because of DKIM".to_string(),
-                Some(format!("550 5.7.1 {text}")),
-            )),
-            RewriteError::Unreadable(why) => Err(Failure::new(
-                "unreadable",
-                format!("the relay would refuse this message (550 5.6.0): {why}"),
-            )),
-        }
-    };
     let bcc = if d.bcc_header_stripped {
         ", Bcc field removed"
     } else {
         ""
     };
-    match d.effective_action() {
-        Action::Accept => match rw.pass_through(raw) {
-            Ok(_) => Ok((format!("the message unchanged{bcc}, to {rcpts}"), None)),
-            Err(e) => refused(e),
-        },
-        Action::Reject => Ok((
-            "nothing: the message is refused".to_string(),
-            Some(format!(
-                "550 5.7.1 {}",
-                d.reject_text.clone().unwrap_or_else(|| d.reason.clone())
-            )),
-        )),
-        Action::Rewrite => match rw.hide_recipients(raw, sender, d) {
-            Ok(out) => Ok((
-                format!("one message to {rcpts} with {}", to_line(&out.header)),
-                None,
-            )),
-            Err(e) => refused(e),
-        },
-        Action::Split => {
-            for r in envelope {
-                if let Err(e) = rw.for_recipient(raw, r, d) {
-                    return refused(e);
-                }
-            }
-            Ok((
-                format!(
-                    "{n} separate {}, each with To: that recipient alone",
-                    if n == 1 { "copy" } else { "copies" }
-                ),
-                None,
-            ))
+    match (d.effective_action(), sends.first()) {
+        (Action::Rewrite, Some(first)) => {
+            format!(
+                "one message to {rcpts} with {}",
+                to_line(&first.message.header)
+            )
         }
+        (Action::Split, _) => format!(
+            "{} separate {}, each with To: that recipient alone",
+            sends.len(),
+            if sends.len() == 1 { "copy" } else { "copies" }
+        ),
+        _ => format!("the message unchanged{bcc}, to {rcpts}"),
     }
 }
 
@@ -237,8 +261,8 @@ fn to_line(header: &[u8]) -> String {
         .unwrap_or_else(|| "no To: field".to_string())
 }
 
-fn dkim_note(raw: &[u8], d: &Decision, on_rewrite: DkimOnRewrite) -> Option<String> {
-    let sigs = dkim_signatures_over_recipients(raw);
+fn dkim_note(message: &Message, d: &Decision, on_rewrite: DkimOnRewrite) -> Option<String> {
+    let sigs = dkim_signatures_over_recipients(message);
     if sigs.is_empty() {
         return None;
     }
@@ -258,7 +282,7 @@ fn to_json(r: &Report) -> serde_json::Value {
     json!({
         "action": d.action.as_str(),
         "effective_action": d.effective_action().as_str(),
-        "mode": mode_str(d.mode),
+        "mode": d.mode.as_str(),
         "rule": d.rule,
         "reason": d.reason,
         "visible_recipients": d.visible,
@@ -287,13 +311,6 @@ fn sends_notice(r: &Report) -> bool {
         && matches!(d.effective_action(), Action::Rewrite | Action::Split)
 }
 
-fn mode_str(m: Mode) -> &'static str {
-    match m {
-        Mode::Enforce => "enforce",
-        Mode::Monitor => "monitor",
-    }
-}
-
 fn to_text(r: &Report) -> String {
     let d = &r.decision;
     let mut s = String::new();
@@ -304,7 +321,7 @@ fn to_text(r: &Report) -> String {
     s.push_str(&format!(
         "Decision:  {} ({rule}; {} mode)\n",
         d.action.as_str(),
-        mode_str(d.mode)
+        d.mode.as_str()
     ));
     if d.mode == Mode::Monitor && d.action != Action::Accept {
         s.push_str(&format!(

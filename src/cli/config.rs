@@ -16,7 +16,7 @@ use crate::policy::Policy;
 use crate::relay::Upstream;
 use crate::rewrite::Rewriter;
 use crate::smtp::auth::Users;
-use crate::smtp::server::Live;
+use crate::smtp::state::Live;
 
 /// What the preflight found: the things it loaded, and what looks wrong but would run.
 #[derive(Debug, Default)]
@@ -149,7 +149,7 @@ pub fn preflight(cfg: &Config) -> Result<Preflight, ConfigError> {
     if let Some(key) = &cfg.policy.dkim.private_key {
         r.checked.push(format!("DKIM key {}", key.display()));
     }
-    Upstream::new(&cfg.upstream, &cfg.server.hostname).map_err(|e| {
+    Upstream::new(&cfg.upstream, &cfg.server.hostname, Default::default()).map_err(|e| {
         let msg = format!("{e:#}");
         let key = if msg.contains("password_file") {
             "upstream.password_file"
@@ -182,6 +182,9 @@ pub fn preflight(cfg: &Config) -> Result<Preflight, ConfigError> {
         }
     ));
     check_audit(cfg, &mut r)?;
+    crate::spool::preflight(&cfg.spool).map_err(|e| cfg.invalid("spool.path", format!("{e:#}")))?;
+    r.checked
+        .push(format!("spool folder {}", cfg.spool.path.display()));
     if let Some(m) = &cfg.metrics {
         r.checked
             .push(format!("metrics at http://{}/metrics", m.address));
@@ -264,6 +267,9 @@ fn check_audit(cfg: &Config, r: &mut Preflight) -> Result<(), ConfigError> {
         }
     ));
     if a.recipients == RecipientStorage::Hmac {
+        // The audit module's own rule (a missing key on a log with records is refused too).
+        crate::audit::check_key_file(a)
+            .map_err(|e| cfg.invalid("audit.hmac_key_file", e.to_string()))?;
         if a.hmac_key_file.exists() {
             HmacKey::load(&a.hmac_key_file)
                 .map_err(|e| cfg.invalid("audit.hmac_key_file", e.to_string()))?;

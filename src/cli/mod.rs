@@ -1,8 +1,9 @@
 //! Offline commands for admins: `check`, `config check|show`, `audit verify|query|report`,
-//! `passwd`.
+//! `spool list|flush`, `passwd`.
 
 pub mod audit;
 pub mod check;
 pub mod config;
 pub mod report;
+pub mod spool;
 pub mod when;

@@ -429,6 +429,7 @@ fn resolve_paths(cfg: &mut Config, origins: &Origins) {
     }
     fix("audit.path", &mut cfg.audit.path);
     fix("audit.hmac_key_file", &mut cfg.audit.hmac_key_file);
+    fix("spool.path", &mut cfg.spool.path);
 }
 
 #[cfg(test)]

@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+pub mod checks;
 mod choice;
 mod load;
+pub mod networks;
 
 pub use load::{config_path, ordinal, Origins, Pos, CONFIG_ENV, DEFAULT_CONFIG_PATH, ENV_PREFIX};
 
@@ -54,6 +56,9 @@ pub struct Config {
     pub audit: AuditConfig,
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
+    /// Durable spool for split copies the upstream could not take in-session (`[spool]`).
+    #[serde(default)]
+    pub spool: SpoolConfig,
     /// The file this was loaded from, for messages; not a key.
     #[serde(skip)]
     pub source_path: PathBuf,
@@ -87,6 +92,31 @@ pub struct ServerConfig {
     /// (`info,bccguard::relay=debug`). `RUST_LOG`, when set, wins.
     #[serde(default)]
     pub log_level: Option<String>,
+    /// Error replies (4xx/5xx) one session may get before it is disconnected with 421
+    /// (Postfix `smtpd_hard_error_limit`, also 20). 0 = no limit.
+    #[serde(default = "default_hard_error_limit")]
+    pub hard_error_limit: u32,
+    /// Simultaneous connections one client address may hold (Postfix
+    /// `smtpd_client_connection_count_limit`, also 50). Clients in `relay_networks` are exempt,
+    /// as Postfix exempts `$mynetworks`. 0 = no limit.
+    #[serde(default = "default_max_connections_per_client")]
+    pub max_connections_per_client: usize,
+    /// Slowest DATA/BDAT transfer tolerated, bytes per second (Postfix `smtpd_min_data_rate`,
+    /// also 500): the transfer's deadline starts at `data_timeout_seconds` and each byte received
+    /// extends it by 1/rate seconds, so trickling one byte at a time cannot hold a session open.
+    #[serde(default = "default_min_data_rate")]
+    pub min_data_rate: u64,
+}
+
+fn default_max_connections_per_client() -> usize {
+    50
+}
+fn default_min_data_rate() -> u64 {
+    500
+}
+
+fn default_hard_error_limit() -> u32 {
+    20
 }
 
 fn default_max_message_size() -> usize {
@@ -163,14 +193,106 @@ impl ListenerConfig {
 pub struct TlsConfig {
     pub certificate: PathBuf,
     pub private_key: PathBuf,
+    /// How long a returning client may resume its TLS session (session tickets and the server
+    /// session cache); 0 turns resumption off. Capped at 6 hours (ticket key rotation).
+    #[serde(default = "default_tls_session_lifetime")]
+    pub session_ticket_lifetime_seconds: u64,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+fn default_tls_session_lifetime() -> u64 {
+    // Postfix smtpd_tls_session_cache_timeout.
+    3600
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// `user:hash` lines, hashes made by `bccguard passwd` (argon2id PHC strings).
     #[serde(default)]
     pub users_file: Option<PathBuf>,
+    /// Refuse a MAIL FROM that the authenticated login does not own (Postfix
+    /// `reject_sender_login_mismatch`). On by default: policy exemptions by sender mean nothing
+    /// if a login can claim any sender.
+    #[serde(default = "default_true")]
+    pub enforce_sender_login: bool,
+    /// The sender addresses (or `*@domain` patterns) each login may use, besides the login
+    /// itself when it is an address (Postfix `smtpd_sender_login_maps`), e.g.
+    /// `alice = ["alice@example.org", "press@example.org"]`.
+    #[serde(default)]
+    pub senders: std::collections::BTreeMap<String, Vec<String>>,
+    /// How long a verified user+password is remembered (keyed digest) so a returning client
+    /// skips argon2; 0 = always hash. Emptied when the users file is reloaded.
+    #[serde(default = "default_auth_cache_ttl")]
+    pub cache_ttl_seconds: u64,
+    /// Password hashes computed at once (each argon2 check holds about 19 MiB); 0 = one per core.
+    #[serde(default)]
+    pub max_concurrent_checks: usize,
+    /// Hash checks one client address (IPv6: its /64) may have queued or running at once.
+    #[serde(default = "default_auth_client_concurrency")]
+    pub client_concurrent_checks: usize,
+    /// Failures are counted over this sliding window.
+    #[serde(default = "default_auth_failure_window")]
+    pub failure_window_seconds: u64,
+    /// Failures (per client address or user) answered at once; each later failure waits twice as
+    /// long as the one before (1 s, 2 s, 4 s, ...) up to `max_failure_delay_seconds`.
+    #[serde(default = "default_auth_free_failures")]
+    pub free_failures: u32,
+    #[serde(default = "default_auth_max_delay")]
+    pub max_failure_delay_seconds: u64,
+    /// Failures from one client address within the window before it is blocked; 0 = never.
+    #[serde(default = "default_auth_client_block")]
+    pub client_block_after_failures: u32,
+    /// Failures for one username (from anywhere) within the window before AUTH as that user is
+    /// refused; 0 = never. Higher than the client limit: it also locks out the real user.
+    #[serde(default = "default_auth_user_block")]
+    pub user_block_after_failures: u32,
+    /// How long a block lasts.
+    #[serde(default = "default_auth_block_seconds")]
+    pub block_seconds: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            users_file: None,
+            enforce_sender_login: true,
+            senders: Default::default(),
+            cache_ttl_seconds: default_auth_cache_ttl(),
+            max_concurrent_checks: 0,
+            client_concurrent_checks: default_auth_client_concurrency(),
+            failure_window_seconds: default_auth_failure_window(),
+            free_failures: default_auth_free_failures(),
+            max_failure_delay_seconds: default_auth_max_delay(),
+            client_block_after_failures: default_auth_client_block(),
+            user_block_after_failures: default_auth_user_block(),
+            block_seconds: default_auth_block_seconds(),
+        }
+    }
+}
+
+fn default_auth_cache_ttl() -> u64 {
+    3600
+}
+fn default_auth_client_concurrency() -> usize {
+    2
+}
+fn default_auth_failure_window() -> u64 {
+    600
+}
+fn default_auth_free_failures() -> u32 {
+    1
+}
+fn default_auth_max_delay() -> u64 {
+    16
+}
+fn default_auth_client_block() -> u32 {
+    10
+}
+fn default_auth_user_block() -> u32 {
+    20
+}
+fn default_auth_block_seconds() -> u64 {
+    600
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -183,6 +305,11 @@ pub struct UpstreamConfig {
     /// Per-command timeout, and the connect timeout.
     #[serde(default = "default_upstream_timeout")]
     pub timeout_seconds: u64,
+    /// How long to wait for the upstream's reply to the end of DATA: RFC 5321 4.5.3.2.6 says
+    /// 10 minutes, because the upstream may be doing its own checks; giving up sooner makes the
+    /// client send again a message the upstream then delivers twice.
+    #[serde(default = "default_upstream_data_reply_timeout")]
+    pub data_reply_timeout_seconds: u64,
     /// Name to verify the upstream's certificate against; defaults to the host part of `address`.
     #[serde(default)]
     pub tls_server_name: Option<String>,
@@ -203,6 +330,9 @@ fn default_upstream_tls() -> TlsMode {
 }
 fn default_upstream_timeout() -> u64 {
     60
+}
+fn default_upstream_data_reply_timeout() -> u64 {
+    600
 }
 
 impl UpstreamConfig {
@@ -228,6 +358,12 @@ pub enum Mode {
     #[default]
     Enforce,
     Monitor,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        self.as_choice()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize)]
@@ -402,6 +538,11 @@ pub struct AuditConfig {
     /// Rotate the log when it grows past this many bytes (0 = never).
     #[serde(default)]
     pub rotate_bytes: u64,
+    /// Start a new HMAC key when the key file is missing although the log has records (the
+    /// change is recorded in the chain). Off: such a start is refused, so pseudonyms never
+    /// silently stop matching. Set it once, for the restart that needs it.
+    #[serde(default)]
+    pub new_key: bool,
 }
 
 fn default_audit_path() -> PathBuf {
@@ -419,6 +560,7 @@ impl Default for AuditConfig {
             hmac_key_file: default_hmac_key_file(),
             log_accepts: false,
             rotate_bytes: 0,
+            new_key: false,
         }
     }
 }
@@ -430,6 +572,105 @@ choices!(Action { Accept = "accept", Rewrite = "rewrite", Split = "split", Rejec
 choices!(RewriteTo { Undisclosed = "undisclosed", Sender = "sender" });
 choices!(DkimOnRewrite { Reject = "reject", Resign = "resign", Forward = "forward" });
 choices!(RecipientStorage { Hmac = "hmac", Plain = "plain", None = "none" });
+
+/// `[spool]`: where split copies wait when the upstream could not take them in-session, and how
+/// they are retried. See `crate::spool`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// Folder of spooled copies (created 0700); beside the audit log by default.
+    #[serde(default = "default_spool_path")]
+    pub path: PathBuf,
+    /// A copy still undelivered this long after it was spooled is bounced to its sender
+    /// (default 5 days, like Postfix's maximal_queue_lifetime).
+    #[serde(default = "default_spool_lifetime")]
+    pub max_lifetime_seconds: u64,
+    /// Wait before the first spool retry; doubles after every failed try...
+    #[serde(default = "default_spool_backoff_initial")]
+    pub backoff_initial_seconds: u64,
+    /// ...up to this cap.
+    #[serde(default = "default_spool_backoff_max")]
+    pub backoff_max_seconds: u64,
+    /// Most copies held; a copy beyond this is refused (the client then gets a 4xx).
+    #[serde(default = "default_spool_max_entries")]
+    pub max_entries: usize,
+    /// Most bytes held on disk, all copies together.
+    #[serde(default = "default_spool_max_bytes")]
+    pub max_bytes: u64,
+    /// Copies retried at the same time.
+    #[serde(default = "default_spool_parallel")]
+    pub parallel: usize,
+    /// `/healthz` fails once the oldest copy waited longer than this (0 = never; it is then only
+    /// reported as information).
+    #[serde(default)]
+    pub health_max_age_seconds: u64,
+}
+
+fn default_spool_path() -> PathBuf {
+    PathBuf::from("var/spool")
+}
+fn default_spool_lifetime() -> u64 {
+    432_000
+}
+fn default_spool_backoff_initial() -> u64 {
+    60
+}
+fn default_spool_backoff_max() -> u64 {
+    3600
+}
+fn default_spool_max_entries() -> usize {
+    10_000
+}
+fn default_spool_max_bytes() -> u64 {
+    1 << 30
+}
+fn default_spool_parallel() -> usize {
+    4
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            path: default_spool_path(),
+            max_lifetime_seconds: default_spool_lifetime(),
+            backoff_initial_seconds: default_spool_backoff_initial(),
+            backoff_max_seconds: default_spool_backoff_max(),
+            max_entries: default_spool_max_entries(),
+            max_bytes: default_spool_max_bytes(),
+            parallel: default_spool_parallel(),
+            health_max_age_seconds: 0,
+        }
+    }
+}
+
+impl SpoolConfig {
+    /// The first mistake in the `[spool]` section, as (key, why).
+    pub fn problem(&self) -> Option<(&'static str, String)> {
+        let positive = [
+            ("spool.max_lifetime_seconds", self.max_lifetime_seconds),
+            (
+                "spool.backoff_initial_seconds",
+                self.backoff_initial_seconds,
+            ),
+            ("spool.max_bytes", self.max_bytes),
+            ("spool.max_entries", self.max_entries as u64),
+            ("spool.parallel", self.parallel as u64),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Some((key, "must be above 0".into()));
+        }
+        if self.backoff_max_seconds < self.backoff_initial_seconds {
+            return Some((
+                "spool.backoff_max_seconds",
+                "must not be below spool.backoff_initial_seconds".into(),
+            ));
+        }
+        if self.path.as_os_str().is_empty() {
+            return Some(("spool.path", "must not be empty".into()));
+        }
+        None
+    }
+}
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -531,7 +772,8 @@ impl Config {
         }
     }
 
-    fn parse_networks(&self, key: &str, list: &[String]) -> Result<Vec<IpNet>, ConfigError> {
+    /// The entries as written (for width checks), without canonicalisation.
+    fn raw_networks(&self, key: &str, list: &[String]) -> Result<Vec<IpNet>, ConfigError> {
         list.iter()
             .map(|n| {
                 n.parse::<IpNet>()
@@ -543,11 +785,44 @@ impl Config {
             .collect()
     }
 
+    /// Refuses a users file others may write; warns when others may read it (see checks::exposure).
+    fn check_users_file(&self) -> Result<(), ConfigError> {
+        let Some(path) = &self.auth.users_file else {
+            return Ok(());
+        };
+        match checks::exposure(path) {
+            Some(checks::FileExposure::Writable(mode)) => Err(self.invalid(
+                "auth.users_file",
+                format!(
+                    "{} has mode {mode:o}: group or others could add an account and relay; chmod 600 it",
+                    path.display()
+                ),
+            )),
+            Some(checks::FileExposure::Readable(mode)) => {
+                tracing::warn!(
+                    path = %path.display(),
+                    mode = format!("{mode:o}"),
+                    "users file is readable by group or others; chmod 600 it"
+                );
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Networks in the form client addresses are matched in (see networks::canonical_peer).
+    fn parse_networks(&self, key: &str, list: &[String]) -> Result<Vec<IpNet>, ConfigError> {
+        Ok(self
+            .raw_networks(key, list)?
+            .into_iter()
+            .map(networks::canonical_net)
+            .collect())
+    }
+
     /// Refuses configurations that would be dangerous or cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.server.hostname.trim().is_empty() {
-            return Err(self.invalid("server.hostname", "must not be empty"));
-        }
+        checks::hostname(&self.server.hostname)
+            .map_err(|why| self.invalid("server.hostname", why))?;
         if self.server.max_message_size == 0 {
             return Err(self.invalid("server.max_message_size", "must be above 0"));
         }
@@ -557,15 +832,21 @@ impl Config {
         if self.server.max_connections == 0 {
             return Err(self.invalid("server.max_connections", "must be above 0"));
         }
-        let networks = self.relay_networks()?;
-        if let Some(open) = networks.iter().find(|n| n.prefix_len() == 0) {
+        // Judged on the raw entries: canonicalising first would hide `::/64` covering all of IPv4.
+        networks::check_width(
+            &self.raw_networks("server.relay_networks", &self.server.relay_networks)?,
+            &networks::RELAY_LIMITS,
+        )
+        .map_err(|why| self.invalid("server.relay_networks", format!("open relay: {why}")))?;
+        self.check_users_file()?;
+        if self.auth.client_concurrent_checks == 0 {
             return Err(self.invalid(
-                "server.relay_networks",
-                format!(
-                    "`{open}` lets every address on the Internet relay without AUTH: that is an \
-                     open relay. List only your own networks and use AUTH for the rest"
-                ),
+                "auth.client_concurrent_checks",
+                "must be above 0 (it bounds queued password checks per client, 0 would refuse every login)",
             ));
+        }
+        if self.auth.failure_window_seconds == 0 {
+            return Err(self.invalid("auth.failure_window_seconds", "must be above 0"));
         }
         if self.listeners.is_empty() {
             return Err(self.invalid("listener", "at least one [[listener]] is needed"));
@@ -596,6 +877,12 @@ impl Config {
                 ));
             }
             let proxies = self.proxy_networks(i)?;
+            let key = format!("listener[{i}].proxy_networks");
+            networks::check_width(
+                &self.raw_networks(&key, &l.proxy_networks)?,
+                &networks::PROXY_LIMITS,
+            )
+            .map_err(|why| self.invalid(&key, format!("too wide for load balancers: {why}")))?;
             if l.proxy_protocol && proxies.is_empty() {
                 return Err(self.invalid(
                     &format!("listener[{i}].proxy_networks"),
@@ -655,6 +942,9 @@ impl Config {
                     ),
                 ));
             }
+        }
+        if let Some((key, why)) = self.spool.problem() {
+            return Err(self.invalid(key, why));
         }
         if let Some(name) = &self.policy.trace_header {
             let ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':');

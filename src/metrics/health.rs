@@ -1,5 +1,6 @@
 //! Readiness for `/healthz`: the [`Health`] trait the HTTP endpoint asks, and [`ProbeHealth`],
-//! the relay's own answer (upstream MTA reachable and greeting, audit log writable).
+//! the relay's own answer (upstream MTA reachable and greeting, audit log writable; copies waiting
+//! in the spool are reported as information, and fail readiness only past a configured age).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,7 +18,22 @@ pub type HealthFuture<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Se
 /// `Arc<dyn Health>` without an async-trait crate.
 pub trait Health: Send + Sync {
     fn check(&self) -> HealthFuture<'_>;
+
+    /// Lines shown after `ok` when ready but degraded (e.g. copies waiting in the spool).
+    fn notes(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
+
+/// What the spool holds, as `/healthz` reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpoolStatus {
+    pub entries: usize,
+    pub oldest_age: Duration,
+}
+
+/// How the probe learns the spool's state (typically `move || spool.status()`).
+pub type SpoolStatusFn = Arc<dyn Fn() -> SpoolStatus + Send + Sync>;
 
 /// Ready when the upstream accepts a TCP connection (and, unless it speaks implicit TLS, greets
 /// with 220) and the audit log is writable. The upstream answer is cached for `cache_for` so
@@ -30,6 +46,7 @@ pub struct ProbeHealth {
     audit_path: String,
     cache_for: Duration,
     cached: Mutex<Option<(Instant, Result<(), String>)>>,
+    spool: Option<(SpoolStatusFn, Option<Duration>)>,
 }
 
 impl ProbeHealth {
@@ -51,7 +68,15 @@ impl ProbeHealth {
             audit_path: audit_path.into(),
             cache_for: Duration::from_secs(5),
             cached: Mutex::new(None),
+            spool: None,
         }
+    }
+
+    /// Reports the spool: copies waiting are a note on a ready answer; readiness fails only once
+    /// the oldest waited longer than `max_age` (None = never).
+    pub fn spool(mut self, status: SpoolStatusFn, max_age: Option<Duration>) -> ProbeHealth {
+        self.spool = Some((status, max_age));
+        self
     }
 
     /// How long an upstream probe result is reused (default 5 s; zero = probe every time).
@@ -120,12 +145,37 @@ impl Health for ProbeHealth {
             if !(self.audit_writable)() {
                 problems.push(format!("audit log not writable: {}", self.audit_path));
             }
+            if let Some((status, Some(max_age))) = &self.spool {
+                let st = status();
+                if st.entries > 0 && st.oldest_age > *max_age {
+                    problems.push(format!(
+                        "spool: oldest copy waiting {} s, over spool.health_max_age_seconds ({} s)",
+                        st.oldest_age.as_secs(),
+                        max_age.as_secs()
+                    ));
+                }
+            }
             if problems.is_empty() {
                 Ok(())
             } else {
                 Err(problems.join("; "))
             }
         })
+    }
+
+    fn notes(&self) -> Vec<String> {
+        let Some((status, _)) = &self.spool else {
+            return Vec::new();
+        };
+        let st = status();
+        if st.entries == 0 {
+            return Vec::new();
+        }
+        vec![format!(
+            "degraded: spool holds {} copies for retry, oldest waiting {} s",
+            st.entries,
+            st.oldest_age.as_secs()
+        )]
     }
 }
 

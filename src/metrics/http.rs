@@ -177,7 +177,14 @@ async fn respond(
         return text(StatusCode::OK, PLAIN, "ok\n");
     }
     match tokio::time::timeout(HEALTH_TIMEOUT, health.check()).await {
-        Ok(Ok(())) => text(StatusCode::OK, PLAIN, "ok\n"),
+        Ok(Ok(())) => {
+            let mut body = String::from("ok\n");
+            for note in health.notes() {
+                body.push_str(&note);
+                body.push('\n');
+            }
+            text(StatusCode::OK, PLAIN, body)
+        }
         Ok(Err(why)) => text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, format!("{why}\n")),
         Err(_) => text(
             StatusCode::SERVICE_UNAVAILABLE,

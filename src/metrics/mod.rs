@@ -8,6 +8,7 @@
 
 pub mod health;
 pub mod http;
+pub mod observe;
 
 use std::fmt;
 use std::time::Duration;
@@ -22,8 +23,9 @@ use prometheus_client::registry::Registry;
 
 use crate::config::{Action, Mode};
 
-pub use health::{Health, HealthFuture, ProbeHealth};
+pub use health::{Health, HealthFuture, ProbeHealth, SpoolStatus, SpoolStatusFn};
 pub use http::serve;
+pub use observe::{InFlight, Observe};
 
 /// Content type of [`Metrics::encode`] (Prometheus text exposition 0.0.4).
 pub const PROMETHEUS_TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -66,10 +68,14 @@ pub enum RejectReason {
     ProxyHeader,
     /// The relay is shutting down (421).
     Shutdown,
+    /// A header the relay cannot read for sure (550 5.6.0): it could hide recipients.
+    Unreadable,
+    /// The relay's own fault (e.g. its DKIM key failed to sign): 451 4.3.0.
+    Internal,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 16] = [
+    pub const ALL: [RejectReason; 18] = [
         RejectReason::Policy,
         RejectReason::Dkim,
         RejectReason::RelayDenied,
@@ -86,6 +92,8 @@ impl RejectReason {
         RejectReason::Timeout,
         RejectReason::ProxyHeader,
         RejectReason::Shutdown,
+        RejectReason::Unreadable,
+        RejectReason::Internal,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -106,6 +114,8 @@ impl RejectReason {
             RejectReason::Timeout => "timeout",
             RejectReason::ProxyHeader => "proxy_header",
             RejectReason::Shutdown => "shutdown",
+            RejectReason::Unreadable => "unreadable_header",
+            RejectReason::Internal => "internal",
         }
     }
 }
@@ -127,6 +137,47 @@ impl fmt::Display for RejectReason {
         f.write_str(self.as_str())
     }
 }
+
+/// What happened to a copy in the durable spool; the `event` label of `bccguard_spool_events_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SpoolEvent {
+    /// A copy was made durable in the spool.
+    Enqueued,
+    /// The upstream accepted a spooled copy; it left the spool.
+    Delivered,
+    /// A retry failed temporarily; the copy waits for the next one.
+    Deferred,
+    /// Permanent failure or lifetime over: a delivery report to the sender replaced the copy.
+    Bounced,
+    /// A null-sender copy (itself a report) could not be delivered and was dropped.
+    Dropped,
+    /// A damaged file (crash mid-write, disk fault) was moved aside to `corrupt/`, never sent.
+    Quarantined,
+}
+
+impl SpoolEvent {
+    pub const ALL: [SpoolEvent; 6] = [
+        SpoolEvent::Enqueued,
+        SpoolEvent::Delivered,
+        SpoolEvent::Deferred,
+        SpoolEvent::Bounced,
+        SpoolEvent::Dropped,
+        SpoolEvent::Quarantined,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpoolEvent::Enqueued => "enqueued",
+            SpoolEvent::Delivered => "delivered",
+            SpoolEvent::Deferred => "deferred",
+            SpoolEvent::Bounced => "bounced",
+            SpoolEvent::Dropped => "dropped",
+            SpoolEvent::Quarantined => "quarantined",
+        }
+    }
+}
+/// Values of the `result` label of `bccguard_auth_attempts_total`.
+const AUTH_RESULTS: [&str; 3] = ["ok", "failed", "blocked"];
 
 /// Which side of the relay a TLS handshake was on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -197,6 +248,21 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SpoolEventLabels {
+    event: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
     version: &'static str,
 }
@@ -214,6 +280,13 @@ pub struct Metrics {
     tls_handshakes: Family<TlsLabels, Counter>,
     rejected: Family<ReasonLabels, Counter>,
     inflight_bytes: Gauge,
+    spool_entries: Gauge,
+    spool_bytes: Gauge,
+    spool_oldest_age_seconds: Gauge,
+    spool_events: Family<SpoolEventLabels, Counter>,
+    auth_cache: Family<ResultLabels, Counter>,
+    auth_attempts: Family<ResultLabels, Counter>,
+    tls_sessions: Family<KindLabels, Counter>,
 }
 
 impl fmt::Debug for Metrics {
@@ -242,6 +315,13 @@ impl Metrics {
             tls_handshakes: Family::default(),
             rejected: Family::default(),
             inflight_bytes: Gauge::default(),
+            spool_entries: Gauge::default(),
+            spool_bytes: Gauge::default(),
+            spool_oldest_age_seconds: Gauge::default(),
+            spool_events: Family::default(),
+            auth_cache: Family::default(),
+            auth_attempts: Family::default(),
+            tls_sessions: Family::default(),
         };
         // prometheus-client appends `_info`: this is `bccguard_build_info`.
         m.registry.register(
@@ -296,6 +376,55 @@ impl Metrics {
             "Bytes of messages currently held in memory",
             m.inflight_bytes.clone(),
         );
+        m.registry.register(
+            "spool_entries",
+            "Split copies waiting in the durable spool for a retry",
+            m.spool_entries.clone(),
+        );
+        m.registry.register(
+            "spool_bytes",
+            "Bytes on disk of the copies waiting in the spool",
+            m.spool_bytes.clone(),
+        );
+        m.registry.register(
+            "spool_oldest_age_seconds",
+            "Age of the oldest copy waiting in the spool (0 when empty)",
+            m.spool_oldest_age_seconds.clone(),
+        );
+        m.registry.register(
+            "spool_events",
+            "Spooled copies by what happened to them (enqueued, delivered, deferred, bounced, dropped, quarantined)",
+            m.spool_events.clone(),
+        );
+        for event in SpoolEvent::ALL {
+            let _ = m.spool_events.get_or_create(&SpoolEventLabels {
+                event: event.as_str(),
+            });
+        }
+        m.registry.register(
+            "auth_cache",
+            "AUTH credential cache lookups, by result (hit: no password hash needed, miss)",
+            m.auth_cache.clone(),
+        );
+        m.registry.register(
+            "auth_attempts",
+            "AUTH attempts, by result (ok, failed, blocked: client or user temporarily blocked)",
+            m.auth_attempts.clone(),
+        );
+        m.registry.register(
+            "tls_inbound_sessions",
+            "Inbound TLS handshakes completed, by kind (full, resumed)",
+            m.tls_sessions.clone(),
+        );
+        for result in ["hit", "miss"] {
+            let _ = m.auth_cache.get_or_create(&ResultLabels { result });
+        }
+        for result in AUTH_RESULTS {
+            let _ = m.auth_attempts.get_or_create(&ResultLabels { result });
+        }
+        for kind in ["full", "resumed"] {
+            let _ = m.tls_sessions.get_or_create(&KindLabels { kind });
+        }
         // Series with fixed label values exist from the start, so rate() and alerts see a 0
         // instead of a missing series until the first event.
         for reason in RejectReason::ALL {
@@ -411,6 +540,29 @@ impl Metrics {
             .inc();
     }
 
+    /// One AUTH credential cache lookup.
+    pub fn auth_cache(&self, hit: bool) {
+        let result = if hit { "hit" } else { "miss" };
+        self.auth_cache
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// One AUTH attempt answered: `result` is one of `ok`, `failed`, `blocked`.
+    pub fn auth_attempt(&self, result: &str) {
+        if let Some(result) = AUTH_RESULTS.into_iter().find(|r| *r == result) {
+            self.auth_attempts
+                .get_or_create(&ResultLabels { result })
+                .inc();
+        }
+    }
+
+    /// An inbound TLS handshake completed, resuming an earlier session or not.
+    pub fn tls_session(&self, resumed: bool) {
+        let kind = if resumed { "resumed" } else { "full" };
+        self.tls_sessions.get_or_create(&KindLabels { kind }).inc();
+    }
+
     /// Something was refused for `reason`.
     pub fn rejected(&self, reason: RejectReason) {
         self.rejected
@@ -430,6 +582,30 @@ impl Metrics {
         };
         held.add(bytes);
         held
+    }
+
+    /// The spool now holds `entries` copies of `bytes` in all, the oldest waiting for `oldest_age`.
+    pub fn spool_state(&self, entries: usize, bytes: u64, oldest_age: Duration) {
+        self.spool_entries
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
+        self.spool_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        self.spool_oldest_age_seconds
+            .set(i64::try_from(oldest_age.as_secs()).unwrap_or(i64::MAX));
+    }
+
+    /// One spooled copy went through `event`.
+    pub fn spool_event(&self, event: SpoolEvent) {
+        self.spool_events
+            .get_or_create(&SpoolEventLabels {
+                event: event.as_str(),
+            })
+            .inc();
+    }
+
+    /// Current value of `bccguard_spool_entries`.
+    pub fn spool_entries(&self) -> i64 {
+        self.spool_entries.get()
     }
 
     /// Current value of `bccguard_sessions_active` (for logs and tests).

@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 
 pub use crate::config::{Action, Mode};
 use crate::config::{DkimOnRewrite, PolicyConfig, RewriteTo};
+use crate::message::{Envelope, Message};
 use rules::{plural, Counts, InternalDomains, Outcome, Rule};
 pub use visible::{Unreadable, Visible};
 
@@ -196,16 +197,11 @@ impl Policy {
         s
     }
 
-    pub fn decide(
-        &self,
-        sender: &str,
-        envelope_rcpts: &[String],
-        raw: &[u8],
-    ) -> Result<Decision, Unreadable> {
-        // The envelope does not change what the message shows; it only matters to the rewrite.
-        let _ = envelope_rcpts;
-        let v = visible::find_visible(raw)?;
-        Ok(self.decide_visible(sender, v))
+    /// The decision for one message. The envelope's recipients do not change what the message
+    /// shows (they matter to the plan); its sender is a rule condition.
+    pub fn decide(&self, message: &Message, envelope: &Envelope) -> Result<Decision, Unreadable> {
+        let v = visible::find_visible_in(&message.header())?;
+        Ok(self.decide_visible(&envelope.sender, v))
     }
 
     /// The decision for an already-found visible set (pure: no message bytes).

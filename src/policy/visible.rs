@@ -23,12 +23,7 @@ pub struct Visible {
     pub lenient_fields: Vec<String>,
 }
 
-/// A header that cannot be read with certainty: the message must be refused (550 5.6.0).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{reason}")]
-pub struct Unreadable {
-    pub reason: String,
-}
+pub use crate::message::Unreadable;
 
 /// Reads the visible recipients of a raw message (CRLF or LF line ends).
 ///
@@ -36,15 +31,16 @@ pub struct Unreadable {
 /// (bare if it is a dot-atom, else quoted), domain lower-cased. Two addresses are the same when
 /// these strings are equal, i.e. the domain compares case-insensitively, the local part does not.
 pub fn find_visible(raw: &[u8]) -> Result<Visible, Unreadable> {
-    let section = header::split(raw).map_err(|e| Unreadable {
-        reason: format!(
-            "the message header cannot be read ({e}); the relay cannot tell who would see this message"
-        ),
-    })?;
+    let section = header::split(raw).map_err(Unreadable::header)?;
+    find_visible_in(&section)
+}
+
+/// [`find_visible`] over a header section that is already split (a [`crate::message::Message`]'s).
+pub fn find_visible_in(section: &header::HeaderSection<'_>) -> Result<Visible, Unreadable> {
     let mut visible = Visible::default();
     let mut seen: HashSet<String> = HashSet::new();
     for field in &section.fields {
-        if field.name_is("bcc") {
+        if field.name_is("bcc") || field.name_is("resent-bcc") {
             visible.bcc_present = true;
             continue;
         }

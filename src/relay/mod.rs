@@ -1,10 +1,11 @@
-//! Relay: the upstream side. Opens the upstream session (plain, STARTTLS or implicit TLS, AUTH)
-//! with mail-send, forwards envelope commands one at a time so every verdict can be passed back
-//! to our client as it happens, and streams the message data (header part + untouched body)
-//! with correct dot-stuffing. Every step has a timeout; any transport failure poisons the
-//! session so it is never reused half-way through a transaction.
-
-pub mod dsn;
+//! Relay: the upstream side. Owns every upstream transaction: opens the session (plain,
+//! STARTTLS or implicit TLS, AUTH) with mail-send, keeps idle sessions in a pool, begins a
+//! transaction (a stale pooled session is retried fresh; MAIL parameters downgraded to what the
+//! upstream supports), forwards envelope commands one at a time so every verdict can be passed
+//! back to our client as it happens, streams the message data (header part + untouched body)
+//! with correct dot-stuffing, and runs the single-recipient transactions of split copies and
+//! generated mail. Every step has a timeout; any transport failure poisons the session so it is
+//! never reused half-way through a transaction. Every upstream reply is counted here.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,43 +18,79 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio_rustls::TlsConnector;
 
 use crate::config::{TlsMode, UpstreamConfig};
+use crate::message::MailParams;
+use crate::metrics::Observe;
 use crate::reply::Reply;
 
 /// Anything mail-send can talk SMTP over: TCP or TLS over TCP.
 pub trait UpstreamIo: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> UpstreamIo for T {}
 
+/// A failed upstream step. Every kind is temporary for our client: it keeps the message.
 #[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
+#[error("{kind}{}", if *.reused { " (on a reused pooled session)" } else { "" })]
+pub struct UpstreamError {
+    pub kind: UpstreamFailure,
+    /// The session came from the pool: a failure may just mean the upstream closed it while idle.
+    pub reused: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamFailure {
     #[error("cannot connect to upstream {addr}: {why}")]
     Connect { addr: String, why: String },
     #[error("upstream {addr} did not answer within {secs}s")]
     Timeout { addr: String, secs: u64 },
     #[error("upstream {addr} connection failed: {why}")]
     Transport { addr: String, why: String },
+    /// The upstream refuses this relay's session (530/538: it wants TLS or AUTH we were not
+    /// configured for): a misconfiguration, not a verdict on the message.
+    #[error("upstream refuses this relay's session ({reply}): check [upstream] tls / username")]
+    SessionRefused { reply: Reply },
+}
+
+impl From<UpstreamFailure> for UpstreamError {
+    fn from(kind: UpstreamFailure) -> UpstreamError {
+        UpstreamError {
+            kind,
+            reused: false,
+        }
+    }
 }
 
 impl UpstreamError {
     /// What our client is told: always temporary, so the client keeps the message and retries.
     pub fn reply(&self) -> Reply {
-        match self {
-            UpstreamError::Connect { .. } => Reply::new(
+        match &self.kind {
+            UpstreamFailure::Connect { .. } => Reply::new(
                 451,
                 (4, 4, 1),
                 "Upstream mail server unavailable; message not accepted, please try again later",
             ),
-            UpstreamError::Timeout { .. } => Reply::new(
+            UpstreamFailure::Timeout { .. } => Reply::new(
                 451,
                 (4, 4, 2),
                 "Upstream mail server timed out; message not accepted, please try again later",
             ),
-            UpstreamError::Transport { .. } => Reply::new(
+            UpstreamFailure::Transport { .. } => Reply::new(
                 451,
                 (4, 4, 2),
                 "Connection to upstream mail server lost; message not accepted, please try again later",
             ),
+            UpstreamFailure::SessionRefused { .. } => Reply::new(
+                451,
+                (4, 4, 1),
+                "Upstream mail server refused this relay's session (needs TLS or AUTH); message not accepted, please try again later",
+            ),
         }
     }
+}
+
+/// A transaction the upstream answered at MAIL: `reply` may be a refusal (passed to the client).
+pub struct Begun {
+    pub reply: Reply,
+    /// The MAIL parameters as forwarded, for split copies of the same message.
+    pub params: String,
 }
 
 /// What the upstream supports, from its EHLO reply.
@@ -71,7 +108,9 @@ pub struct Upstream {
     port: u16,
     mode: TlsMode,
     timeout: Duration,
+    data_reply_timeout: Duration,
     helo_name: String,
+    metrics: Observe,
     tls_name: String,
     connector: TlsConnector,
     credentials: Option<Arc<Credentials<String>>>,
@@ -84,7 +123,11 @@ const POOL_MAX: usize = 64;
 const POOL_IDLE: Duration = Duration::from_secs(30);
 
 impl Upstream {
-    pub fn new(cfg: &UpstreamConfig, helo_name: &str) -> anyhow::Result<Upstream> {
+    pub fn new(
+        cfg: &UpstreamConfig,
+        helo_name: &str,
+        metrics: Observe,
+    ) -> anyhow::Result<Upstream> {
         let (host, port) = cfg.host_port().map_err(anyhow::Error::msg)?;
         let connector = tls_connector(cfg)?;
         let credentials = match (&cfg.username, &cfg.password_file) {
@@ -110,7 +153,9 @@ impl Upstream {
             port,
             mode: cfg.tls,
             timeout: Duration::from_secs(cfg.timeout_seconds),
+            data_reply_timeout: Duration::from_secs(cfg.data_reply_timeout_seconds),
             helo_name: helo_name.to_string(),
+            metrics,
             connector,
             credentials,
             pool: Arc::default(),
@@ -122,23 +167,138 @@ impl Upstream {
     }
 
     fn timeout_err(&self) -> UpstreamError {
-        UpstreamError::Timeout {
+        UpstreamFailure::Timeout {
             addr: self.address(),
             secs: self.timeout.as_secs(),
         }
+        .into()
+    }
+
+    /// Begins a transaction (MAIL FROM) on `held`, or on a pooled session, or a fresh one. A
+    /// pooled session the upstream closed while idle (transport error, or 421) is retried once
+    /// on a fresh connection. Parameters the upstream does not support are left out (8BITMIME,
+    /// SIZE); SMTPUTF8 it cannot carry is refused with 553 5.6.7.
+    pub async fn begin(
+        &self,
+        held: &mut Option<UpstreamSession>,
+        sender: &str,
+        params: &MailParams,
+    ) -> Result<Begun, UpstreamError> {
+        for attempt in 0..2 {
+            if held.as_ref().is_none_or(|u| !u.usable()) {
+                *held = None;
+                let fresh = if attempt == 0 {
+                    self.checkout().await
+                } else {
+                    self.connect().await
+                };
+                match fresh {
+                    Ok(up) => *held = Some(up),
+                    Err(e) => {
+                        self.metrics.upstream_reply(None);
+                        return Err(e);
+                    }
+                }
+            }
+            let Some(up) = held.as_mut() else {
+                continue;
+            };
+            let caps = up.caps;
+            if params.smtputf8 && !caps.smtputf8 {
+                return Ok(Begun {
+                    reply: Reply::new(
+                        553,
+                        (5, 6, 7),
+                        "The upstream mail server does not support SMTPUTF8 addresses",
+                    ),
+                    params: String::new(),
+                });
+            }
+            let forwarded = upstream_params(params, &caps);
+            match up.mail_from(sender, &forwarded).await {
+                Ok(reply) if reply.code == 421 && attempt == 0 && up.reused => {
+                    // A reused session the upstream is closing (idle timeout): try a fresh one.
+                    *held = None;
+                }
+                Ok(reply) if reply.code == 530 || reply.code == 538 => {
+                    *held = None;
+                    return Err(UpstreamFailure::SessionRefused { reply }.into());
+                }
+                Ok(reply) => {
+                    return Ok(Begun {
+                        reply,
+                        params: forwarded,
+                    })
+                }
+                Err(e) if e.reused && attempt == 0 => {
+                    tracing::info!("upstream MAIL failed on a pooled session, retrying fresh: {e}");
+                    *held = None;
+                }
+                Err(e) => {
+                    *held = None;
+                    return Err(e);
+                }
+            }
+        }
+        Err(UpstreamFailure::Transport {
+            addr: self.address(),
+            why: "no usable session after a retry".into(),
+        }
+        .into())
+    }
+
+    /// One complete single-recipient transaction (split copies, generated mail) on `held`, or on
+    /// a fresh connection when there is none: a stale pooled session would fail a copy that could
+    /// have gone out.
+    pub async fn send_single(
+        &self,
+        held: &mut Option<UpstreamSession>,
+        sender: &str,
+        params: &str,
+        rcpt: &str,
+        parts: &[&[u8]],
+    ) -> Result<Reply, UpstreamError> {
+        if held.as_ref().is_none_or(|u| !u.usable()) {
+            *held = Some(self.connect().await?);
+        }
+        let Some(up) = held.as_mut() else {
+            return Err(UpstreamFailure::Transport {
+                addr: self.address(),
+                why: "no session".into(),
+            }
+            .into());
+        };
+        let result = async {
+            let r = up.mail_from(sender, params).await?;
+            if !r.is_positive() {
+                return Ok(r);
+            }
+            let r = up.rcpt_to(rcpt).await?;
+            if !r.is_positive() {
+                up.rset().await?;
+                return Ok(r);
+            }
+            up.data(parts).await
+        }
+        .await;
+        if result.is_err() {
+            *held = None;
+        }
+        result
     }
 
     /// An idle pooled session if there is a fresh one, else a new connection. A pooled session may
-    /// still have been closed by the upstream meanwhile: callers retry once with [`Upstream::connect`].
-    pub async fn checkout(&self) -> Result<UpstreamSession, UpstreamError> {
+    /// still have been closed by the upstream meanwhile: [`Upstream::begin`] retries it fresh.
+    async fn checkout(&self) -> Result<UpstreamSession, UpstreamError> {
         loop {
             let idle = match self.pool.lock() {
                 Ok(mut pool) => pool.pop(),
                 Err(_) => None,
             };
             match idle {
-                Some((session, since)) if since.elapsed() < POOL_IDLE && session.usable() => {
-                    return Ok(session)
+                Some((mut session, since)) if since.elapsed() < POOL_IDLE && session.usable() => {
+                    session.reused = true;
+                    return Ok(session);
                 }
                 Some((session, _)) => {
                     tokio::spawn(session.quit());
@@ -174,9 +334,12 @@ impl Upstream {
     }
 
     async fn connect_inner(&self) -> Result<UpstreamSession, UpstreamError> {
-        let connect_err = |e: mail_send::Error| UpstreamError::Connect {
-            addr: self.address(),
-            why: describe(&e),
+        let connect_err = |e: mail_send::Error| -> UpstreamError {
+            UpstreamFailure::Connect {
+                addr: self.address(),
+                why: describe(&e),
+            }
+            .into()
         };
         let builder = SmtpClientBuilder::new_with_tls_connector(
             self.tls_name.clone(),
@@ -200,11 +363,15 @@ impl Upstream {
                 }
             }
             TlsMode::Starttls | TlsMode::Implicit => {
-                let c = builder
+                let connected = builder
                     .implicit_tls(self.mode == TlsMode::Implicit)
                     .connect()
-                    .await
-                    .map_err(connect_err)?;
+                    .await;
+                // A refused connection is not a TLS failure; anything after it is.
+                if !matches!(&connected, Err(mail_send::Error::Io(_))) {
+                    self.metrics.upstream_tls_handshake(connected.is_ok());
+                }
+                let c = connected.map_err(connect_err)?;
                 SmtpClient {
                     stream: Box::new(c.stream),
                     timeout: c.timeout,
@@ -228,7 +395,10 @@ impl Upstream {
             caps,
             addr: self.address(),
             timeout: self.timeout,
+            data_reply_timeout: self.data_reply_timeout,
             broken: false,
+            reused: false,
+            metrics: self.metrics.clone(),
         })
     }
 }
@@ -284,7 +454,11 @@ pub struct UpstreamSession {
     pub caps: UpstreamCaps,
     addr: String,
     timeout: Duration,
+    data_reply_timeout: Duration,
     broken: bool,
+    /// Taken from the pool rather than freshly connected.
+    reused: bool,
+    metrics: Observe,
 }
 
 impl UpstreamSession {
@@ -293,25 +467,35 @@ impl UpstreamSession {
         !self.broken
     }
 
-    fn transport_err(&mut self, e: mail_send::Error) -> UpstreamError {
+    fn transport_err(&mut self, e: mail_send::Error, secs: u64) -> UpstreamError {
         self.broken = true;
-        match e {
-            mail_send::Error::Timeout => UpstreamError::Timeout {
+        self.metrics.upstream_reply(None);
+        let kind = match e {
+            mail_send::Error::Timeout => UpstreamFailure::Timeout {
                 addr: self.addr.clone(),
-                secs: self.timeout.as_secs(),
+                secs,
             },
-            other => UpstreamError::Transport {
+            other => UpstreamFailure::Transport {
                 addr: self.addr.clone(),
                 why: describe(&other),
             },
+        };
+        UpstreamError {
+            kind,
+            reused: self.reused,
         }
     }
 
+    fn answered(&self, r: &smtp_proto::Response<String>) -> Reply {
+        self.metrics.upstream_reply(Some(r.code));
+        Reply::from_upstream(r)
+    }
+
     /// Sends one command line (CRLF included) and returns the upstream's reply, whatever its code.
-    pub async fn command(&mut self, line: &str) -> Result<Reply, UpstreamError> {
+    async fn command(&mut self, line: &str) -> Result<Reply, UpstreamError> {
         match self.client.cmd(line.as_bytes()).await {
-            Ok(r) => Ok(Reply::from_upstream(&r)),
-            Err(e) => Err(self.transport_err(e)),
+            Ok(r) => Ok(self.answered(&r)),
+            Err(e) => Err(self.transport_err(e, self.timeout.as_secs())),
         }
     }
 
@@ -344,17 +528,35 @@ impl UpstreamSession {
             write_dot_stuffed(&mut w, parts).await?;
             w.flush().await
         };
+        let secs = self.timeout.as_secs();
         match tokio::time::timeout(self.timeout, write).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(self.transport_err(mail_send::Error::Io(e))),
-            Err(_) => return Err(self.transport_err(mail_send::Error::Timeout)),
+            Ok(Err(e)) => return Err(self.transport_err(mail_send::Error::Io(e), secs)),
+            Err(_) => return Err(self.transport_err(mail_send::Error::Timeout, secs)),
         }
-        match tokio::time::timeout(self.timeout, self.client.read()).await {
-            Ok(Ok(r)) => Ok(Reply::from_upstream(&r)),
-            Ok(Err(e)) => Err(self.transport_err(e)),
-            Err(_) => Err(self.transport_err(mail_send::Error::Timeout)),
+        // The final reply gets its own, longer wait (RFC 5321 4.5.3.2.6).
+        let secs = self.data_reply_timeout.as_secs();
+        match tokio::time::timeout(self.data_reply_timeout, self.client.read()).await {
+            Ok(Ok(r)) => Ok(self.answered(&r)),
+            Ok(Err(e)) => Err(self.transport_err(e, secs)),
+            Err(_) => Err(self.transport_err(mail_send::Error::Timeout, secs)),
         }
     }
+}
+
+/// The MAIL parameters to forward: what the client asked for that the upstream supports.
+fn upstream_params(p: &MailParams, caps: &UpstreamCaps) -> String {
+    let mut params = String::new();
+    if p.eight_bit_mime && caps.eight_bit_mime {
+        params.push_str(" BODY=8BITMIME");
+    }
+    if p.smtputf8 {
+        params.push_str(" SMTPUTF8");
+    }
+    if p.size > 0 && caps.size > 0 {
+        params.push_str(&format!(" SIZE={}", p.size));
+    }
+    params
 }
 
 /// Writes `parts` as one DATA payload: a `.` is doubled at every line start (RFC 5321 4.5.2),

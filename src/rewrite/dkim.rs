@@ -68,7 +68,7 @@ pub fn signatures_covering(h: &HeaderSection<'_>, altered: &[&str]) -> Vec<Strin
 }
 
 /// `d=example.org s=sel` for log lines.
-fn signer_label(value: &[u8]) -> String {
+pub(super) fn signer_label(value: &[u8]) -> String {
     let text = String::from_utf8_lossy(value);
     let mut d = "?".to_string();
     let mut s = "?".to_string();

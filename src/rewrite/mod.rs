@@ -8,13 +8,15 @@
 //! byte-identical, and leaves evidence of the original signer for anyone investigating.
 
 pub mod dkim;
-pub mod notice;
+pub mod plan;
+mod traces;
 
 use std::borrow::Cow;
 use std::ops::Range;
 
 use crate::config::{DkimOnRewrite, PolicyConfig, RewriteTo};
-use crate::message::header::{split, HeaderSection};
+use crate::message::header::HeaderSection;
+use crate::message::Message;
 use crate::policy::Decision;
 
 /// One message as it leaves: the (possibly edited) header section and the untouched body.
@@ -31,6 +33,9 @@ pub enum RewriteError {
     DkimRefused(String),
     #[error("{0}")]
     Unreadable(String),
+    /// Our own DKIM key failed to sign: the relay's fault, so the client should retry later.
+    #[error("DKIM signing failed: {0}")]
+    Signing(String),
 }
 
 /// The 550 text for a DKIM refusal: one ASCII line, says what to do.
@@ -75,8 +80,9 @@ impl Rewriter {
     }
 
     /// Unchanged except that any `Bcc` (and `Resent-Bcc`) field is removed.
-    pub fn pass_through<'a>(&self, raw: &'a [u8]) -> Result<Outgoing<'a>, RewriteError> {
-        let h = split_header(raw)?;
+    pub fn pass_through<'a>(&self, message: &'a Message) -> Result<Outgoing<'a>, RewriteError> {
+        let raw = message.raw();
+        let h = message.header();
         let removed: Vec<Range<usize>> = h
             .fields
             .iter()
@@ -90,7 +96,8 @@ impl Rewriter {
                 body,
             });
         }
-        let header = splice(raw, &h, &removed, None);
+        let edits = removed.into_iter().map(|r| (r, Vec::new())).collect();
+        let header = apply_edits(raw, h.body_offset, edits);
         Ok(Outgoing {
             header: Cow::Owned(header),
             body,
@@ -100,7 +107,7 @@ impl Rewriter {
     /// Every To/Cc/Resent-To/Resent-Cc replaced by one `To:` that shows nobody else.
     pub fn hide_recipients<'a>(
         &self,
-        raw: &'a [u8],
+        message: &'a Message,
         sender: &str,
         d: &Decision,
     ) -> Result<Outgoing<'a>, RewriteError> {
@@ -108,13 +115,13 @@ impl Rewriter {
             RewriteTo::Sender if safe_address(sender) => format!("<{}>", sender.trim()),
             _ => "undisclosed-recipients:;".to_string(),
         };
-        self.replace_recipients(raw, &to, "rewritten", d)
+        self.replace_recipients(message, &to, "rewritten", d, None)
     }
 
     /// One split copy: `To:` that recipient alone.
     pub fn for_recipient<'a>(
         &self,
-        raw: &'a [u8],
+        message: &'a Message,
         rcpt: &str,
         d: &Decision,
     ) -> Result<Outgoing<'a>, RewriteError> {
@@ -124,46 +131,77 @@ impl Rewriter {
                 "recipient address {rcpt:?} cannot be written into a header"
             )));
         }
-        self.replace_recipients(raw, &format!("<{}>", rcpt.trim()), "split", d)
+        self.replace_recipients(
+            message,
+            &format!("<{}>", rcpt.trim()),
+            "split",
+            d,
+            Some(rcpt),
+        )
     }
 
-    /// The short notice to the sender after a rewrite or split (see [`notice`]).
-    pub fn sender_notice(
-        &self,
-        hostname: &str,
-        sender: &str,
-        d: &Decision,
-        original_header: &[u8],
-    ) -> Vec<u8> {
-        notice::sender_notice(hostname, sender, d, original_header)
-    }
-
+    /// Replaces the recipient fields by one `To: to_value`, removes blind copies and every
+    /// recipient trace (see [`traces`]), and applies the DKIM setting to signatures this breaks.
     fn replace_recipients<'a>(
         &self,
-        raw: &'a [u8],
+        message: &'a Message,
         to_value: &str,
         verb: &str,
         d: &Decision,
+        rcpt: Option<&str>,
     ) -> Result<Outgoing<'a>, RewriteError> {
-        let h = split_header(raw)?;
+        let raw = message.raw();
+        let h = message.header();
         let eol = line_ending(raw, &h);
-        let mut removed = Vec::new();
-        let mut anchor = None;
+        // Addresses that must not survive in trace fields: everyone visible, and a split copy's own.
+        let mut names: Vec<&str> = d.visible.iter().map(String::as_str).collect();
+        names.extend(rcpt.map(str::trim));
+        // (range, replacement): empty replacement = field removed, empty range = insertion.
+        let mut edits: Vec<(Range<usize>, Vec<u8>)> = Vec::new();
         // Names whose set of fields changes: every recipient field present, and `to` (always added).
         let mut altered: Vec<&str> = vec!["to"];
+        let mut z_signatures = Vec::new();
         for f in &h.fields {
-            if let Some(name) = RECIPIENT_FIELDS.iter().find(|n| f.name_is(n)) {
-                anchor.get_or_insert(f.range.start);
-                removed.push(f.range.clone());
+            let bytes = &raw[f.range.clone()];
+            if let Some(name) = RECIPIENT_FIELDS
+                .iter()
+                .chain(traces::TRACE_FIELDS)
+                .find(|n| f.name_is(n))
+            {
+                edits.push((f.range.clone(), Vec::new()));
                 if !altered.contains(name) {
                     altered.push(name);
                 }
             } else if is_one_of(f.name, BLIND_FIELDS) {
-                removed.push(f.range.clone());
+                edits.push((f.range.clone(), Vec::new()));
+            } else if f.name_is("received") {
+                let kept = traces::received_without_for(bytes);
+                let text = kept.as_deref().unwrap_or(bytes);
+                if traces::names_any(text, &names) {
+                    // A recipient named elsewhere in the field (a comment): the field goes.
+                    edits.push((f.range.clone(), Vec::new()));
+                } else if let Some(kept) = kept {
+                    edits.push((f.range.clone(), kept));
+                } else {
+                    continue;
+                }
+                if !altered.contains(&"received") {
+                    altered.push("received");
+                }
+            } else if (f.name_is("dkim-signature") || f.name_is("arc-message-signature"))
+                && traces::z_names_recipients(f, &names)
+            {
+                z_signatures.push(f);
             }
         }
 
-        let broken = dkim::signatures_covering(&h, &altered);
+        let mut broken = dkim::signatures_covering(&h, &altered);
+        for f in &z_signatures {
+            let label = dkim::signer_label(f.value);
+            if !broken.contains(&label) {
+                broken.push(label);
+            }
+        }
         let mut resign = false;
         if !broken.is_empty() {
             match self.on_dkim {
@@ -178,6 +216,13 @@ impl Rewriter {
                 DkimOnRewrite::Resign => resign = true,
             }
         }
+        // A kept signature must not carry a copy of the hidden fields in its z= tag.
+        for f in z_signatures {
+            edits.push((
+                f.range.clone(),
+                traces::without_z_tag(&raw[f.range.clone()]),
+            ));
+        }
 
         let mut added = Vec::with_capacity(to_value.len() + 64);
         added.extend_from_slice(b"To: ");
@@ -188,14 +233,15 @@ impl Rewriter {
             added.extend_from_slice(format!("{name}: {verb} by bccguard rule '{rule}'").as_bytes());
             added.extend_from_slice(eol);
         }
-        let at = anchor.unwrap_or(h.header_end);
-        let mut header = splice(raw, &h, &removed, Some((at, &added)));
+        let at = traces::to_anchor(&h);
+        edits.push((at..at, added));
+        let mut header = apply_edits(raw, h.body_offset, edits);
         let body = &raw[h.body_offset..];
         if resign {
             if let Some(signer) = &self.signer {
                 let sig = signer
                     .sign(&header, body, eol)
-                    .map_err(|e| RewriteError::Unreadable(format!("{e:#}")))?;
+                    .map_err(|e| RewriteError::Signing(format!("{e:#}")))?;
                 header.splice(0..0, sig);
             } else {
                 // Rewriter::new refuses `resign` without a key, so this is a wiring mistake; refuse safely.
@@ -211,14 +257,8 @@ impl Rewriter {
 
 /// DKIM signatures (`d=… s=…`) in the message whose `h=` covers a recipient field: a rewrite or
 /// split breaks them. Empty for an unreadable header.
-pub fn dkim_signatures_over_recipients(raw: &[u8]) -> Vec<String> {
-    split(raw)
-        .map(|h| dkim::signatures_covering(&h, RECIPIENT_FIELDS))
-        .unwrap_or_default()
-}
-
-fn split_header(raw: &[u8]) -> Result<HeaderSection<'_>, RewriteError> {
-    split(raw).map_err(|e| RewriteError::Unreadable(e.to_string()))
+pub fn dkim_signatures_over_recipients(message: &Message) -> Vec<String> {
+    dkim::signatures_covering(&message.header(), RECIPIENT_FIELDS)
 }
 
 fn is_one_of(name: &[u8], names: &[&str]) -> bool {
@@ -247,46 +287,35 @@ fn safe_address(a: &str) -> bool {
     !a.contains(' ') || a.starts_with('"')
 }
 
-/// Copies `raw[..body_offset]` leaving out `removed` (sorted, disjoint field ranges) and
-/// putting `insert` at byte `at` (a field boundary).
-fn splice(
-    raw: &[u8],
-    h: &HeaderSection<'_>,
-    removed: &[Range<usize>],
-    insert: Option<(usize, &[u8])>,
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(h.body_offset + insert.map_or(0, |(_, b)| b.len()));
+/// Copies `raw[..body_offset]` with each edit's range replaced by its bytes (empty bytes =
+/// removal, empty range = insertion). Ranges are whole fields or field boundaries, disjoint.
+fn apply_edits(raw: &[u8], body_offset: usize, mut edits: Vec<(Range<usize>, Vec<u8>)>) -> Vec<u8> {
+    // An insertion sorts before a removal starting at the same byte.
+    edits.sort_by_key(|(r, _)| (r.start, r.end));
+    let extra: usize = edits.iter().map(|(_, b)| b.len()).sum();
+    let mut out = Vec::with_capacity(body_offset + extra + 2);
     let mut cursor = 0usize;
-    let mut pending = insert;
-    for r in removed {
-        if let Some((at, bytes)) = pending {
-            if at <= r.start {
-                out.extend_from_slice(&raw[cursor..at]);
-                out.extend_from_slice(bytes);
-                cursor = at;
-                pending = None;
-            }
-        }
-        out.extend_from_slice(&raw[cursor..r.start]);
-        cursor = r.end;
-    }
-    if let Some((at, bytes)) = pending {
-        let at = at.max(cursor);
-        out.extend_from_slice(&raw[cursor..at]);
+    for (r, bytes) in edits {
+        let start = r.start.max(cursor);
+        out.extend_from_slice(&raw[cursor..start]);
         // A last field without a line end (header-only message) must not run into the new one.
-        if !out.is_empty() && !out.ends_with(b"\n") {
+        if r.is_empty() && !bytes.is_empty() && !out.is_empty() && !out.ends_with(b"\n") {
             out.extend_from_slice(b"\r\n");
         }
-        out.extend_from_slice(bytes);
-        cursor = at;
+        out.extend_from_slice(&bytes);
+        cursor = r.end.max(cursor);
     }
-    out.extend_from_slice(&raw[cursor..h.body_offset]);
+    out.extend_from_slice(&raw[cursor..body_offset]);
     out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn msg(raw: &[u8]) -> Message {
+        Message::parse(raw.to_vec()).expect("splittable header")
+    }
 
     fn decision(rule: &str) -> Decision {
         Decision {
@@ -315,7 +344,8 @@ mod tests {
     fn hides_all_recipient_fields_at_first_position() {
         let raw = b"From: a@x\r\nTo: b@y,\r\n c@z\r\nSubject: s\r\ncc: d@w\r\nBcc: e@v\r\nRESENT-TO: f@u\r\n\r\nbody\r\n";
         let rw = Rewriter::new(&PolicyConfig::default()).unwrap();
-        let out = rw.hide_recipients(raw, "a@x", &decision("r")).unwrap();
+        let m = msg(raw);
+        let out = rw.hide_recipients(&m, "a@x", &decision("r")).unwrap();
         assert_eq!(
             &*out.header,
             b"From: a@x\r\nTo: undisclosed-recipients:;\r\nSubject: s\r\n\r\n"
@@ -327,10 +357,12 @@ mod tests {
     fn pass_through_borrows_without_bcc() {
         let raw = b"From: a@x\r\nTo: b@y\r\n\r\nbody";
         let rw = Rewriter::new(&PolicyConfig::default()).unwrap();
-        let out = rw.pass_through(raw).unwrap();
+        let m = msg(raw);
+        let out = rw.pass_through(&m).unwrap();
         assert!(matches!(out.header, Cow::Borrowed(_)));
         let raw = b"From: a@x\r\nBcc: b@y,\r\n\tc@z\r\nTo: d@w\r\n\r\nbody";
-        let out = rw.pass_through(raw).unwrap();
+        let m = msg(raw);
+        let out = rw.pass_through(&m).unwrap();
         assert_eq!(&*out.header, b"From: a@x\r\nTo: d@w\r\n\r\n");
     }
 
@@ -338,10 +370,12 @@ mod tests {
     fn lf_messages_keep_lf_and_header_only_messages_work() {
         let raw = b"From: a@x\nCc: b@y\n\nbody\n";
         let rw = Rewriter::new(&PolicyConfig::default()).unwrap();
-        let out = rw.for_recipient(raw, "b@y", &decision("r")).unwrap();
+        let m = msg(raw);
+        let out = rw.for_recipient(&m, "b@y", &decision("r")).unwrap();
         assert_eq!(&*out.header, b"From: a@x\nTo: <b@y>\n\n");
         let raw = b"From: a@x";
-        let out = rw.for_recipient(raw, "b@y", &decision("r")).unwrap();
+        let m = msg(raw);
+        let out = rw.for_recipient(&m, "b@y", &decision("r")).unwrap();
         assert_eq!(&*out.header, b"From: a@x\r\nTo: <b@y>\r\n");
         assert!(out.body.is_empty());
     }
@@ -350,7 +384,7 @@ mod tests {
     fn refuses_injection_through_recipient() {
         let rw = Rewriter::new(&PolicyConfig::default()).unwrap();
         assert!(rw
-            .for_recipient(b"To: a@b\r\n\r\n", "x@y>\r\nBcc: z@q", &decision("r"))
+            .for_recipient(&msg(b"To: a@b\r\n\r\n"), "x@y>\r\nBcc: z@q", &decision("r"))
             .is_err());
         assert!(safe_address("\"a b\"@x.org"));
         assert!(!safe_address("a b@x.org"));

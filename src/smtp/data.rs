@@ -159,6 +159,36 @@ impl DataReader {
     }
 }
 
+/// What `serve` ends up with when a client sends `raw` with DATA: the client dot-stuffs it and
+/// ends its last line with CRLF (as smtplib and other clients do), and [`DataReader`] reads it
+/// back. `Err` is the DATA rule the bytes break, whose [`DataError::reply`] is the client's
+/// reply. Lets `bccguard check` refuse exactly what the relay refuses, with the same reply.
+pub fn receive_whole(raw: &[u8], max_size: usize) -> Result<Vec<u8>, DataError> {
+    let mut wire = Vec::with_capacity(raw.len() + raw.len() / 32 + 8);
+    let mut line_start = true;
+    for &b in raw {
+        if line_start && b == b'.' {
+            wire.push(b'.');
+        }
+        wire.push(b);
+        line_start = b == b'\n';
+    }
+    if !raw.ends_with(b"\r\n") {
+        wire.extend_from_slice(b"\r\n");
+    }
+    wire.extend_from_slice(b".\r\n");
+    let mut reader = DataReader::new(max_size);
+    let mut message = Vec::new();
+    let ended = matches!(reader.feed(&wire, &mut message), Feed::Done { consumed } if consumed == wire.len());
+    match reader.error() {
+        Some(e) => Err(e),
+        // Stuffed as above, only the final CRLF.CRLF can end the data; a message that ends
+        // anywhere else was split by a lone LF, which serve refuses as such.
+        None if !ended => Err(DataError::BareLf),
+        None => Ok(message),
+    }
+}
+
 /// Checks BDAT content (no dot-stuffing; chunks may split a CRLF) with the same rules as DATA.
 #[derive(Debug)]
 pub struct ChunkChecker {
@@ -313,6 +343,35 @@ mod tests {
         assert_eq!(feed, Feed::Done { consumed: 18 });
         assert_eq!(r.error(), Some(DataError::TooBig));
         assert!(msg.is_empty());
+    }
+
+    #[test]
+    fn receive_whole_matches_what_a_client_sends_with_data() {
+        let got = receive_whole(b"Subject: x\r\n\r\n.\r\n..two\r\nlast", 1000);
+        assert_eq!(
+            got.unwrap(),
+            b"Subject: x\r\n\r\n.\r\n..two\r\nlast\r\n".to_vec()
+        );
+        let cases: [(&[u8], DataError); 5] = [
+            (b"To: a@x,\r b@y\r\n\r\nhi\r\n", DataError::BareCr),
+            (b"To: a@x\rSubject: mac\r\rbody\r", DataError::BareCr),
+            (b"To: a@x\r\n\r\nhi\r\r\n", DataError::BareCr),
+            (b"To: a@x\n\nhi\n", DataError::BareLf),
+            (b"To: a@x\r\n\r\n.\n.\r\n", DataError::BareLf),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(receive_whole(raw, 1000), Err(want), "{raw:?}");
+        }
+        let mut long = b"To: a@x\r\n\r\n".to_vec();
+        long.extend(std::iter::repeat_n(b'.', MAX_LINE - 1));
+        long.extend_from_slice(b"\r\n");
+        assert_eq!(receive_whole(&long, 10_000), Err(DataError::LineTooLong));
+        long.remove(20);
+        assert!(
+            receive_whole(&long, 10_000).is_ok(),
+            "998 octets + CRLF is the limit"
+        );
+        assert_eq!(receive_whole(&long, 100), Err(DataError::TooBig));
     }
 
     #[test]

@@ -6,98 +6,25 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use ipnet::IpNet;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
-use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
-use super::auth::Users;
-use super::observe::Observe;
+use super::conn::Stream;
 use super::session::Session;
-use super::stream::Conn;
+use super::state::{Listener, Live, Shared};
 use crate::audit::AuditLog;
-use crate::config::{Config, ListenerConfig, TlsMode};
-use crate::metrics::RejectReason;
-use crate::policy::Policy;
+use crate::config::{Config, TlsMode};
+use crate::deliver::Stages;
+use crate::metrics::{Observe, RejectReason};
 use crate::relay::Upstream;
 use crate::reply::Reply;
-use crate::rewrite::Rewriter;
-
-/// What SIGHUP replaces: policy, rewriter (DKIM key), TLS certificates and the users file.
-pub struct Live {
-    pub policy: Policy,
-    pub rewriter: Rewriter,
-    pub tls: Option<TlsAcceptor>,
-    pub users: Option<Users>,
-}
-
-impl Live {
-    pub fn build(cfg: &Config) -> anyhow::Result<Live> {
-        let policy = Policy::new(&cfg.policy).context("building the policy")?;
-        let rewriter = Rewriter::new(&cfg.policy).context("preparing the rewriter")?;
-        let tls = cfg.tls.as_ref().map(super::tls::acceptor).transpose()?;
-        let users = cfg
-            .auth
-            .users_file
-            .as_deref()
-            .map(Users::load)
-            .transpose()?;
-        Ok(Live {
-            policy,
-            rewriter,
-            tls,
-            users,
-        })
-    }
-}
-
-/// State every session shares.
-pub struct Shared {
-    pub cfg: Config,
-    pub relay_networks: Vec<IpNet>,
-    pub upstream: Upstream,
-    pub audit: AuditLog,
-    pub metrics: Observe,
-    live: RwLock<Arc<Live>>,
-}
-
-impl Shared {
-    pub fn live(&self) -> Arc<Live> {
-        match self.live.read() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
-    fn replace_live(&self, live: Live) {
-        let live = Arc::new(live);
-        match self.live.write() {
-            Ok(mut guard) => *guard = live,
-            Err(poisoned) => *poisoned.into_inner() = live,
-        }
-    }
-}
-
-/// One bound listener's settings.
-pub struct Listener {
-    pub cfg: ListenerConfig,
-    pub local: SocketAddr,
-    pub proxy_networks: Vec<IpNet>,
-}
-
-impl Listener {
-    /// Cleartext AUTH only where passwords cannot cross a network (config validation checks too).
-    pub fn cleartext_auth_allowed(&self) -> bool {
-        self.cfg.allow_cleartext_auth && self.local.ip().is_loopback()
-    }
-}
 
 pub fn run_from_cli(config: &Path) -> ExitCode {
     tune_allocator();
@@ -141,7 +68,12 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let cfg = Config::load(&config_path)?;
     let live = Live::build(&cfg)?;
     let relay_networks = cfg.relay_networks()?;
-    let upstream = Upstream::new(&cfg.upstream, &cfg.server.hostname)?;
+    let metrics = cfg
+        .metrics
+        .as_ref()
+        .map(|_| Arc::new(crate::metrics::Metrics::new()));
+    let observe = Observe::new(metrics.clone());
+    let upstream = Upstream::new(&cfg.upstream, &cfg.server.hostname, observe.clone())?;
     let audit =
         AuditLog::open(&cfg.audit, &live.policy.version()).context("opening the audit log")?;
     if !audit.is_writable() {
@@ -150,10 +82,6 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
             "audit log is not writable: messages that need an audit record will get 451 4.3.0 until it is fixed"
         );
     }
-    let metrics = cfg
-        .metrics
-        .as_ref()
-        .map(|_| Arc::new(crate::metrics::Metrics::new()));
 
     let mut bound = Vec::new();
     for (i, lc) in cfg.listeners.iter().enumerate() {
@@ -172,16 +100,22 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         ));
     }
     tracing::info!(policy_version = %live.policy.version(), "policy loaded: {}", live.policy.describe_one_line()); // admin: one line
-    let shared = Arc::new(Shared {
-        relay_networks,
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (spool, spool_task) = crate::spool::start_for_serve(
+        &cfg,
+        upstream.clone(),
+        metrics.clone(),
+        shutdown_rx.clone(),
+    )?;
+    let stages = Stages {
         upstream,
         audit,
-        metrics: Observe::new(metrics.clone()),
-        live: RwLock::new(Arc::new(live)),
-        cfg,
-    });
+        metrics: observe,
+        hostname: cfg.server.hostname.clone(),
+        spool: Some(spool),
+    };
+    let shared = Arc::new(Shared::new(cfg, relay_networks, stages, live));
 
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let limit = Arc::new(Semaphore::new(shared.cfg.server.max_connections));
     let mut accept_loops = JoinSet::new();
     let sessions = Arc::new(tokio::sync::Mutex::new(JoinSet::new()));
@@ -219,6 +153,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         );
         sessions.shutdown().await;
     }
+    let _ = spool_task.await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -252,8 +187,15 @@ async fn spawn_metrics_endpoint(
         Duration::from_secs(shared.cfg.upstream.timeout_seconds.min(5)),
         shared.cfg.upstream.tls != TlsMode::Implicit,
         shared.cfg.audit.path.display().to_string(),
-        Arc::new(move || audit_shared.audit.is_writable()),
+        Arc::new(move || audit_shared.stages.audit.is_writable()),
     );
+    let health = match &shared.stages.spool {
+        Some(spool) => {
+            let (status, max_age) = spool.health_probe();
+            health.spool(status, max_age)
+        }
+        None => health,
+    };
     tracing::info!(
         address,
         "metrics at /metrics, readiness at /readyz (= /healthz), liveness at /livez"
@@ -302,7 +244,7 @@ fn reload(shared: &Shared, config_path: &Path) {
                     "reload: these sections changed but take effect only after a restart"
                 );
             }
-            shared.audit.set_policy_version(&version);
+            shared.stages.audit.set_policy_version(&version);
             shared.replace_live(live);
             tracing::info!(old = %old_version, new = %version, "reload: policy, TLS certificates and users reloaded: {}", shared.live().policy.describe_one_line());
             // admin: one line
@@ -331,6 +273,9 @@ fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str> {
     }
     if differs(&running.metrics, &new.metrics) {
         changed.push("[metrics]");
+    }
+    if differs(&running.spool, &new.spool) {
+        changed.push("[spool]");
     }
     changed
 }
@@ -369,7 +314,10 @@ async fn accept_loop(
         };
         let _ = tcp.set_nodelay(true);
         let Ok(permit) = limit.clone().try_acquire_owned() else {
-            shared.metrics.rejected(RejectReason::ConnectionLimit);
+            shared
+                .stages
+                .metrics
+                .rejected(RejectReason::ConnectionLimit);
             tokio::spawn(refuse_busy(tcp));
             continue;
         };
@@ -408,37 +356,62 @@ async fn serve_connection(
     shutdown: watch::Receiver<bool>,
 ) {
     let timeout = Duration::from_secs(shared.cfg.server.command_timeout_seconds);
+    // hardening: IPv4 clients of a `[::]` listener match IPv4 relay/proxy networks.
+    let socket_peer = crate::config::networks::canonical_peer(socket_peer);
     let (tcp, peer) = match resolve_peer(&shared, &listener, tcp, socket_peer, timeout).await {
         Some(pair) => pair,
         None => return,
     };
     tracing::info!(client = %peer, listener = %listener.local, "connected");
-    let conn = if listener.cfg.tls == TlsMode::Implicit {
+    // Checked on the real client address (after PROXY): insiders are exempt, like $mynetworks.
+    let max_per_client = if shared.in_relay_networks(peer.ip()) {
+        0
+    } else {
+        shared.cfg.server.max_connections_per_client
+    };
+    let Some(_slot) = shared.clients.try_enter(peer.ip(), max_per_client) else {
+        shared
+            .stages
+            .metrics
+            .rejected(RejectReason::ConnectionLimit);
+        tracing::info!(client = %peer.ip(), limit = max_per_client, "too many connections from this client");
+        let mut tcp = tcp;
+        let reply = Reply::new(
+            421,
+            (4, 7, 0),
+            "Too many connections from your address, please try again later",
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(5), tcp.write_all(&reply.to_wire())).await;
+        return;
+    };
+    let metrics = &shared.stages.metrics;
+    let stream = if listener.cfg.tls == TlsMode::Implicit {
         let Some(acceptor) = shared.live().tls.clone() else {
             return;
         };
         match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
             Ok(Ok(tls)) => {
-                shared.metrics.tls_handshake(true);
-                Conn::Tls(Box::new(tls))
+                metrics.tls_handshake(true);
+                metrics.tls_session(super::tls::resumed(tls.get_ref().1));
+                Stream::Tls(Box::new(tls))
             }
             Ok(Err(e)) => {
-                shared.metrics.tls_handshake(false);
+                metrics.tls_handshake(false);
                 tracing::info!("TLS handshake failed: {e}");
                 return;
             }
             Err(_) => {
-                shared.metrics.tls_handshake(false);
+                metrics.tls_handshake(false);
                 tracing::info!("TLS handshake timed out");
                 return;
             }
         }
     } else {
-        Conn::Plain(tcp)
+        Stream::Plain(tcp)
     };
     let label = listener.cfg.address.clone();
-    let _active = shared.metrics.session(&label);
-    let end = Session::new(shared.clone(), listener, id, peer, conn, shutdown)
+    let _active = metrics.session(&label);
+    let end = Session::new(shared.clone(), listener, id, peer, stream, shutdown)
         .run()
         .await;
     tracing::info!(end = ?end, "disconnected");
@@ -459,14 +432,14 @@ async fn resolve_peer(
     }
     if !trusted_proxy(socket_peer.ip(), &listener.proxy_networks) {
         tracing::warn!(peer = %socket_peer, "PROXY listener: connection from outside proxy_networks dropped");
-        shared.metrics.rejected(RejectReason::ProxyHeader);
+        shared.stages.metrics.rejected(RejectReason::ProxyHeader);
         return None;
     }
     match read_proxy_header(&mut tcp, timeout).await {
         Ok(addrs) => Some((tcp, addrs.client_or(socket_peer))),
         Err(e) => {
             tracing::warn!(peer = %socket_peer, "bad PROXY header: {e}");
-            shared.metrics.rejected(RejectReason::ProxyHeader);
+            shared.stages.metrics.rejected(RejectReason::ProxyHeader);
             None
         }
     }

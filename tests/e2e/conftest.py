@@ -95,6 +95,7 @@ def users_file(session_dir, bccguard_bin) -> str:
     assert hash_.startswith("$argon2"), f"`bccguard passwd` printed no argon2 hash: {out!r}"
     path = session_dir / "users"
     path.write_text(f"# test users\n{USER}:{hash_}\n")
+    path.chmod(0o600)  # as deployed; readable by others only earns a warning
     return str(path)
 
 

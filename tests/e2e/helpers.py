@@ -325,13 +325,15 @@ class PyUpstream:
     """A tiny SMTP server on asyncio streams, in its own thread.
 
     - RCPT for a local part starting with "reject" gets `550 5.1.1 No such user`; "tempfail" gets
-      `450 4.2.1 Mailbox busy`; "baddata" is accepted at RCPT but its DATA gets `550 5.7.1`.
+      `450 4.2.1 Mailbox busy`; "baddata" is accepted at RCPT but its DATA gets `550 5.7.1`;
+      "tempdata" is accepted at RCPT but its DATA gets `451 4.3.0` until `tempdata_ok` is set.
     - `data_reply` (if set) replaces the reply at the end of DATA, e.g. "554 5.7.0 Upstream says no".
     - Messages keep their exact bytes (CRLF, dot-stuffing undone)."""
 
     def __init__(self, data_reply: str | None = None, ehlo_extensions=None):
         self.port = free_port()
         self.data_reply = data_reply
+        self.tempdata_ok = False
         self.ehlo_extensions = ehlo_extensions or [
             "PIPELINING",
             "SIZE 104857600",
@@ -454,6 +456,11 @@ class PyUpstream:
                     if any(r.split("@", 1)[0].lower().startswith("baddata") for r in rcpts):
                         # Accepted at RCPT, refused for the content: a per-copy failure in a split.
                         await reply("550 5.7.1 Content refused for this mailbox")
+                    elif not self.tempdata_ok and any(
+                        r.split("@", 1)[0].lower().startswith("tempdata") for r in rcpts
+                    ):
+                        # A temporary per-copy failure: the split copy goes to the spool.
+                        await reply("451 4.3.0 Temporary failure for this mailbox, try later")
                     elif self.data_reply:
                         await reply(self.data_reply)
                     else:
@@ -681,6 +688,32 @@ def send_mail(port: int, sender: str, rcpts: list[str], message: bytes, source: 
 
 
 # --------------------------------------------------------------------------------------------
+# the audit log
+
+
+def merge_audit_outcomes(lines: list[dict]) -> list[dict]:
+    """One entry per audited message, in log order: one-shot records (`kind` "record", or no kind in
+    logs written before kinds existed) as they are, and each decision with its outcome folded in
+    (`upstream` and `header_digest_forwarded` from the outcome, the outcome itself under "outcome",
+    None while there is none). Outcome and key lines are not entries of their own."""
+    outcomes = {l["decision_seq"]: l for l in lines if l.get("kind") == "outcome"}
+    merged = []
+    for l in lines:
+        kind = l.get("kind", "record")
+        if kind == "record":
+            merged.append(l)
+        elif kind == "decision":
+            entry = dict(l)
+            o = outcomes.get(l["seq"])
+            entry["outcome"] = o
+            if o is not None:
+                entry["upstream"] = o.get("upstream")
+                entry["header_digest_forwarded"] = o.get("header_digest_forwarded")
+            merged.append(entry)
+    return merged
+
+
+# --------------------------------------------------------------------------------------------
 # the bccguard process
 
 
@@ -826,12 +859,17 @@ class Relay:
     def dumps(self, settle: float = 0.0) -> list[Delivered]:
         return self.upstream.messages(settle) if self.upstream else []
 
-    def audit_records(self) -> list[dict]:
+    def audit_lines(self) -> list[dict]:
+        """Every line of the audit log as written: decisions, outcomes, one-shot records, key changes."""
         try:
             text = self.audit_path.read_text("utf-8")
         except FileNotFoundError:
             return []
         return [json.loads(l) for l in text.splitlines() if l.strip()]
+
+    def audit_records(self) -> list[dict]:
+        """One entry per audited message (see `merge_audit_outcomes`)."""
+        return merge_audit_outcomes(self.audit_lines())
 
     def wait_audit(self, count: int, timeout: float = 3.0) -> list[dict]:
         return wait_until(lambda: (r := self.audit_records()) and len(r) >= count and r, timeout,

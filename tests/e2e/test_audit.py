@@ -65,10 +65,18 @@ def test_records_for_rewrite_reject_split(relay):
         assert entries, f"no recipients recorded: {r}"
         assert all(isinstance(e, str) and e.startswith("hmac:") for e in entries), entries
     assert [r["sender"] for r in recs] == [SENDER, "rejecter@example.org", "splitter@example.org"]
-    # Hash chain: each record points at the previous record's hash.
-    for prev, cur in zip(recs, recs[1:]):
+    # Hash chain: each line (decisions, outcomes, one-shot records) points at the previous line's hash.
+    lines = relay.audit_lines()
+    assert len(lines) >= 3
+    for prev, cur in zip(lines, lines[1:]):
         assert cur["prev"] == prev["hash"], (prev, cur)
-    assert len({r["hash"] for r in recs}) == 3
+    assert len({r["hash"] for r in lines}) == len(lines)
+    # Every forwarded intervention has its outcome; the refused one is a one-shot record.
+    assert [r.get("kind", "record") for r in recs][1] == "record"
+    for r in (recs[0], recs[2]):
+        if r.get("kind") == "decision":
+            assert r["outcome"] and r["outcome"]["result"] == "delivered", r
+            assert r["upstream"].startswith("250"), r
 
 
 def test_plain_addresses_never_in_hmac_log(relay):

@@ -170,7 +170,10 @@ class Env:
                 {"address": f"127.0.0.1:{h.free_port()}", "tls": "implicit", "auth": "required"},
             ],
             "tls": {"certificate": str(self.pki.cert), "private_key": str(self.pki.key)},
-            "auth": {"users_file": str(self.work / "users")},
+            # alice is the shared login of the client MTA and of the test clients: it may send for
+            # both domains (sender login map; without it bccguard refuses senders alice does not own).
+            "auth": {"users_file": str(self.work / "users"),
+                     "senders": {USER: ["*@sender.test", "*@example.org"]}},
             "upstream": upstream,
             "policy": POLICY,
             "audit": {"path": str(var / "audit.jsonl"), "recipients": "plain",

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # Shared with the rest of the e2e suite (tests/e2e/helpers.py), which is on sys.path under pytest.
-from helpers import crlf, free_port, lf, split_message, to_toml, wait_for_port  # noqa: E402
+from helpers import crlf, free_port, lf, merge_audit_outcomes, split_message, to_toml, wait_for_port  # noqa: E402
 from helpers import wait_until as _wait_until  # noqa: E402
 
 
@@ -512,11 +512,12 @@ class Bccguard:
         return tail(self.log_path, 10**7)
 
     def audit(self) -> list[dict]:
+        """One entry per audited message (decisions merged with their outcome)."""
         try:
             text = self.audit_path.read_text("utf-8")
         except FileNotFoundError:
             return []
-        return [json.loads(l) for l in text.splitlines() if l.strip()]
+        return merge_audit_outcomes([json.loads(l) for l in text.splitlines() if l.strip()])
 
     def audit_for(self, token: str) -> list[dict]:
         return [r for r in self.audit() if token in (r.get("message_id") or "")]

@@ -2,7 +2,7 @@
 //! with a human explanation, the machine-readable message/delivery-status part, and the original
 //! header section as text/rfc822-headers.
 
-use crate::rewrite::notice::{header_safe, new_message_id, rfc5322_now};
+use super::{ascii_line, header_safe, new_message_id, rfc5322_now};
 
 /// A complete RFC 5322 message (CRLF line ends) reporting `failures` (recipient, upstream reply) to `sender`.
 /// `original_header` is the failed message's header section, returned as `text/rfc822-headers`.
@@ -121,21 +121,6 @@ pub fn status_of(reply: &str) -> String {
         }
     }
     format!("{class}.0.0")
-}
-
-/// One line of printable ASCII: a DSN field must not break into new fields.
-fn ascii_line(s: &str) -> String {
-    let s: String = s
-        .chars()
-        .map(|c| {
-            if c.is_ascii_graphic() || c == ' ' {
-                c
-            } else {
-                ' '
-            }
-        })
-        .collect();
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// The header section with CRLF line ends and no trailing blank line, ending in one CRLF.

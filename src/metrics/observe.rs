@@ -1,4 +1,4 @@
-//! The front end's view of the metrics: one call per event, so session code does not care
+//! The stages' view of the metrics: one call per event, so calling code does not care
 //! whether metrics are exported (`[metrics]` unset = every call is a no-op).
 
 use std::sync::Arc;
@@ -38,6 +38,34 @@ impl Observe {
     pub fn tls_handshake(&self, ok: bool) {
         if let Some(m) = &self.metrics {
             m.tls_handshake(TlsSide::Inbound, ok);
+        }
+    }
+
+    /// A TLS session towards the upstream was (or failed to be) set up.
+    pub fn upstream_tls_handshake(&self, ok: bool) {
+        if let Some(m) = &self.metrics {
+            m.tls_handshake(TlsSide::Upstream, ok);
+        }
+    }
+
+    /// AUTH credential cache lookup (see `auth::AuthService`).
+    pub fn auth_cache(&self, hit: bool) {
+        if let Some(m) = &self.metrics {
+            m.auth_cache(hit);
+        }
+    }
+
+    /// AUTH attempt outcome: `ok`, `failed` or `blocked`.
+    pub fn auth_result(&self, result: &str) {
+        if let Some(m) = &self.metrics {
+            m.auth_attempt(result);
+        }
+    }
+
+    /// An inbound TLS handshake completed; `resumed` = an earlier session was resumed.
+    pub fn tls_session(&self, resumed: bool) {
+        if let Some(m) = &self.metrics {
+            m.tls_session(resumed);
         }
     }
 

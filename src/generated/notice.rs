@@ -1,41 +1,9 @@
-//! The short message that tells a sender their message went out altered (rule `notify_sender`),
-//! plus the Date/Message-ID helpers the relay's own generated messages share.
+//! The short message that tells a sender their message went out altered (rule `notify_sender`).
 //! A notice names the original Subject and Message-ID and why; never the recipients.
 
+use super::{field_value, header_safe, new_message_id, rfc5322_now};
 use crate::config::Action;
-use crate::message::header::split;
 use crate::policy::Decision;
-
-/// `Date:` value for a message generated now (RFC 5322 format, UTC).
-pub fn rfc5322_now() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc2822)
-        .unwrap_or_else(|_| "Thu, 01 Jan 1970 00:00:00 +0000".to_string())
-}
-
-/// A fresh `<random@host>` Message-ID.
-pub fn new_message_id(hostname: &str) -> String {
-    let n: u128 = rand::random();
-    format!("<{n:032x}.bccguard@{}>", header_safe(hostname))
-}
-
-/// Text that can go into a header or a line of its own: no control characters, folds undone.
-pub fn header_safe(text: &str) -> String {
-    text.chars()
-        .filter(|c| !matches!(c, '\r' | '\n'))
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect::<String>()
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// The unfolded value of the first field named `name` in a header section, if any.
-pub fn field_value(header: &[u8], name: &str) -> Option<String> {
-    let h = split(header).ok()?;
-    let f = h.fields.iter().find(|f| f.name_is(name))?;
-    Some(header_safe(&String::from_utf8_lossy(f.value)))
-}
 
 pub fn sender_notice(
     hostname: &str,
@@ -134,10 +102,5 @@ mod tests {
         assert!(n.contains("\r\nDate: ") && n.contains("\r\nMessage-ID: <"));
         // Strict CRLF throughout.
         assert!(!n.replace("\r\n", "").contains('\n'));
-    }
-
-    #[test]
-    fn header_safe_unfolds_and_strips_controls() {
-        assert_eq!(header_safe("a\r\n\tb\u{7}c"), "a b c");
     }
 }
