@@ -409,7 +409,8 @@ mod verify {
     pub fn record(pem_path: &std::path::Path) -> String {
         use base64::Engine;
         let pem = std::fs::read(pem_path).unwrap();
-        let der = rustls_pemfile::private_key(&mut &pem[..]).unwrap().unwrap();
+        use rustls::pki_types::pem::PemObject;
+        let der = PrivateKeyDer::from_pem_slice(&pem).unwrap();
         let b64 = base64::engine::general_purpose::STANDARD;
         let bytes = match &der {
             PrivateKeyDer::Pkcs1(_) => None,

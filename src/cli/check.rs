@@ -1,4 +1,4 @@
-//! `bccguard check` (dry-run the policy on one message) and `bccguard config check`.
+//! `bccguard check` (dry-run the policy on one message). (`config check` is in `cli::config`.)
 //! `check` builds the same [`Message`] and runs the same plan as `serve`, so it reports what
 //! the relay does with the same bytes, refusals and their replies included.
 //!
@@ -7,7 +7,7 @@
 //! decision, or `{"error": "...", "kind": "config" | "input" | "unreadable" | "too_big",
 //! "smtp_reply": ...}` on exit 2 (the same text also goes to stderr); `smtp_reply` is the reply
 //! `serve` gives the same bytes. The file is read as a client would send it with DATA: LF line
-//! ends become CRLF, and DATA's rules (bare CR, lines over 1000 octets, size) apply. `config check` exits 0 when the config is valid and 1 otherwise.
+//! ends become CRLF, and DATA's rules (bare CR, lines over 1000 octets, size) apply.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -24,7 +24,7 @@ use crate::smtp::data::{receive_whole, DataError};
 
 #[derive(clap::Args, Debug)]
 pub struct CheckArgs {
-    #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+    #[arg(long, env = crate::config::CONFIG_ENV, default_value = DEFAULT_CONFIG_PATH)]
     pub config: PathBuf,
     /// Envelope sender. Default: the address in the message's From: field.
     #[arg(long)]
@@ -375,28 +375,4 @@ fn to_text(r: &Report) -> String {
         s.push_str(&format!("DKIM:      {note}\n"));
     }
     s
-}
-
-pub fn run_config_check(path: &Path) -> ExitCode {
-    let cfg = match Config::load(path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("config error: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let policy = match Policy::new(&cfg.policy) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("config error: {}: {e:#}", path.display());
-            return ExitCode::from(1);
-        }
-    };
-    if let Err(e) = Rewriter::new(&cfg.policy) {
-        eprintln!("config error: {}: {e:#}", path.display());
-        return ExitCode::from(1);
-    }
-    println!("config OK: {}", path.display());
-    print!("{}", policy.describe());
-    ExitCode::SUCCESS
 }

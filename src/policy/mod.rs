@@ -92,6 +92,17 @@ impl Policy {
         &self.internal
     }
 
+    /// [`Policy::describe`] on one line (`" | "` between its lines), for logs: one event, one
+    /// line, so journald, syslog and grep keep it whole.
+    pub fn describe_one_line(&self) -> String {
+        self.describe()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" | ")
+    }
+
     /// The effective policy in words (for `config check` and the start-up log).
     pub fn describe(&self) -> String {
         let mut s = String::new();
@@ -162,6 +173,15 @@ impl Policy {
             if r.notify_sender {
                 s.push_str("; the sender gets a notice");
             }
+            match self.cfg.rules.get(i).and_then(|rc| rc.mode) {
+                Some(Mode::Monitor) if self.cfg.mode == Mode::Enforce => s.push_str(
+                    "; this rule is in monitor mode (audited as 'would', not carried out)",
+                ),
+                Some(Mode::Enforce) if self.cfg.mode == Mode::Monitor => {
+                    s.push_str("; this rule enforces although the policy is in monitor mode")
+                }
+                _ => {}
+            }
             s.push_str(".\n");
         }
         match &self.cfg.trace_header {
@@ -197,7 +217,13 @@ impl Policy {
     pub fn decide_visible(&self, sender: &str, v: Visible) -> Decision {
         let outcome = rules::evaluate(&self.internal, &self.rules, sender, &v);
         let rule = outcome.rule.and_then(|i| self.rules.get(i));
-        let mut reason = self.reason(rule, &outcome, v.attendees.len());
+        // A rule may be trialled in monitor mode while the policy enforces (or the reverse).
+        let mode = outcome
+            .rule
+            .and_then(|i| self.cfg.rules.get(i))
+            .and_then(|r| r.mode)
+            .unwrap_or(self.cfg.mode);
+        let mut reason = self.reason(rule, &outcome, mode, v.attendees.len());
         let mut action = rule.map_or(Action::Accept, |r| r.action);
         let mut reject_text = match rule {
             Some(r) if r.action == Action::Reject => Some(reject_text(r, &outcome)),
@@ -216,7 +242,7 @@ impl Policy {
         }
         Decision {
             action,
-            mode: self.cfg.mode,
+            mode,
             rule: rule.map(|r| r.name.clone()),
             reason,
             visible: v.addresses,
@@ -231,7 +257,7 @@ impl Policy {
         }
     }
 
-    fn reason(&self, rule: Option<&Rule>, o: &Outcome, attendees: usize) -> String {
+    fn reason(&self, rule: Option<&Rule>, o: &Outcome, mode: Mode, attendees: usize) -> String {
         let mut shows = shows_phrase(&o.all, &self.internal);
         if attendees > 0 {
             // Admins would otherwise wonder why a one-recipient invitation was stopped.
@@ -268,7 +294,7 @@ impl Policy {
                 )
             }
         };
-        if self.cfg.mode == Mode::Monitor && rule.is_some_and(|r| r.action != Action::Accept) {
+        if mode == Mode::Monitor && rule.is_some_and(|r| r.action != Action::Accept) {
             s.push_str(" (monitor mode: delivered unchanged)");
         }
         s.push('.');
@@ -499,6 +525,31 @@ mod tests {
             d.reason,
             "The message shows 2 recipients (1 outside example.org, 1 domain) to each other; no rule matches, so it goes out unchanged."
         );
+    }
+
+    #[test]
+    fn a_rule_in_monitor_mode_is_trialled_while_others_enforce() {
+        let mut trial = rule("trial", Action::Reject);
+        trial.min_visible = Some(5);
+        trial.mode = Some(Mode::Monitor);
+        let mut firm = rule("firm", Action::Rewrite);
+        firm.min_visible = Some(2);
+        let p = policy(vec![trial, firm], Mode::Enforce);
+        let many: Vec<String> = (0..6).map(|i| format!("r{i}@x{i}.net")).collect();
+        let d = p.decide_visible("a@example.org", vis(&many, false));
+        assert_eq!((d.action, d.mode), (Action::Reject, Mode::Monitor));
+        assert_eq!(d.effective_action(), Action::Accept);
+        assert!(
+            d.reason.ends_with("(monitor mode: delivered unchanged)."),
+            "{}",
+            d.reason
+        );
+        let d = p.decide_visible("a@example.org", vis(&many[..3], false));
+        assert_eq!(
+            (d.effective_action(), d.mode),
+            (Action::Rewrite, Mode::Enforce)
+        );
+        assert!(p.describe().contains("'trial'") && p.describe().contains("monitor mode (audited"));
     }
 
     #[test]
