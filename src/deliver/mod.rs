@@ -115,7 +115,10 @@ async fn run(
     };
 
     // Phase one of the audit: nothing is handed on unless the decision is on disk.
-    let audited = stages.audit.wants(decision.action, decision.mode);
+    // A message an exemption let through is always recorded: the exemption is an intervention
+    // of its own (someone chose to let this list be shown).
+    let audited =
+        stages.audit.wants(decision.action, decision.mode) || decision.exempted_by.is_some();
     let decision_seq = if audited {
         match outcome::record_decision(stages, job, message, &decision).await {
             Ok(seq) => Some(seq),

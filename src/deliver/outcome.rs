@@ -218,7 +218,7 @@ async fn conclude(
 
     // The audit record: a refusal here is one complete record; a forwarded message its outcome.
     let audited = match d {
-        Some(d) => stages.audit.wants(d.action, d.mode),
+        Some(d) => stages.audit.wants(d.action, d.mode) || d.exempted_by.is_some(),
         None => true,
     };
     if let (Some(decision_seq), false) = (outcome.decision_seq, outcome.audit_failed) {

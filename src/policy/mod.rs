@@ -48,6 +48,9 @@ pub struct Decision {
     pub not_counted: Vec<String>,
     /// Header fields the finder could not read strictly and counted on the safe side.
     pub lenient_fields: Vec<String>,
+    /// A rule that would have intervened but for its `except_senders` (and no later rule did):
+    /// the message goes out unchanged and is always audited.
+    pub exempted_by: Option<String>,
     /// Calendar attendees among `visible` (invitations show them to every invitee).
     pub visible_attendees: Vec<String>,
 }
@@ -254,6 +257,13 @@ impl Policy {
             not_counted: outcome.not_counted,
             lenient_fields: v.lenient_fields,
             visible_attendees: v.attendees,
+            exempted_by: match rule {
+                None => outcome
+                    .exempted_by
+                    .and_then(|i| self.rules.get(i))
+                    .map(|r| r.name.clone()),
+                Some(_) => None,
+            },
         }
     }
 
@@ -265,9 +275,15 @@ impl Policy {
                 ", {attendees} of them listed in a calendar invitation"
             ));
         }
-        let mut s = match rule {
-            None => format!("{shows}; no rule matches, so it goes out unchanged"),
-            Some(r) => {
+        let exempting = o.exempted_by.and_then(|i| self.rules.get(i));
+        let mut s = match (rule, exempting) {
+            (None, Some(r)) => format!(
+                "{shows}; rule '{}' would {} it, but its sender is exempt (except_senders), so it goes out unchanged",
+                r.name,
+                r.action.as_str()
+            ),
+            (None, None) => format!("{shows}; no rule matches, so it goes out unchanged"),
+            (Some(r), _) => {
                 let conds = r.conditions_in_words();
                 let cond = if conds.is_empty() {
                     "(every message)".to_string()

@@ -332,6 +332,11 @@ impl Rule {
             && !self.except_senders.iter().any(|p| p.matches(sender))
     }
 
+    /// The sender is named in `except_senders`.
+    pub fn exempts_sender(&self, sender: &str) -> bool {
+        self.except_senders.iter().any(|p| p.matches(sender))
+    }
+
     pub fn is_excepted_recipient(&self, address: &str) -> bool {
         self.except_recipients.iter().any(|p| p.matches(address))
     }
@@ -448,6 +453,9 @@ pub struct Outcome {
     pub counted: Counts,
     /// Visible addresses the matching rule does not count.
     pub not_counted: Vec<String>,
+    /// The first rule that would have matched but for its `except_senders`: an exemption that
+    /// let this message through, which the audit log must show.
+    pub exempted_by: Option<usize>,
 }
 
 /// First match wins over the visible set; pure, for tests and for [`crate::policy::Policy::decide`].
@@ -458,8 +466,19 @@ pub fn evaluate(
     visible: &Visible,
 ) -> Outcome {
     let all = count(internal, &visible.addresses);
+    let mut exempted_by = None;
     for (i, rule) in rules.iter().enumerate() {
         if !rule.applies_to_sender(sender) {
+            if exempted_by.is_none() && rule.exempts_sender(sender) {
+                let counted: Vec<&String> = visible
+                    .addresses
+                    .iter()
+                    .filter(|a| !rule.is_excepted_recipient(a))
+                    .collect();
+                if rule.counts_hold(&count(internal, counted)) {
+                    exempted_by = Some(i);
+                }
+            }
             continue;
         }
         let (not_counted, counted_addrs): (Vec<&String>, Vec<&String>) = visible
@@ -473,6 +492,7 @@ pub fn evaluate(
                 all,
                 counted,
                 not_counted: not_counted.into_iter().cloned().collect(),
+                exempted_by,
             };
         }
     }
@@ -481,6 +501,7 @@ pub fn evaluate(
         all,
         counted: all,
         not_counted: Vec::new(),
+        exempted_by,
     }
 }
 

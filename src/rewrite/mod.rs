@@ -361,6 +361,7 @@ mod tests {
             not_counted: vec![],
             lenient_fields: vec![],
             visible_attendees: vec![],
+            exempted_by: None,
         }
     }
 
