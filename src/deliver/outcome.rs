@@ -135,7 +135,8 @@ fn base_event(
         auth_user: job.client.auth_user.clone(),
         sender: job.envelope.sender.clone(),
         message_id,
-        rule: d.and_then(|d| d.rule.clone()),
+        // A message an exemption let through is filed under the rule that exempted it.
+        rule: d.and_then(|d| d.rule.clone().or_else(|| d.exempted_by.clone())),
         action: d.map_or(Action::Reject, |d| d.action),
         mode: d.map_or(Mode::Enforce, |d| d.mode),
         reason: d.map_or_else(String::new, |d| d.reason.clone()),
