@@ -10,7 +10,7 @@ use crate::metrics::RejectReason;
 use crate::reply::Reply;
 
 impl<S: Io> Session<S> {
-    pub(super) async fn mail(&mut self, from: MailFrom<String>) -> Reply {
+    pub(super) async fn mail(&mut self, from: MailFrom<String>, line: &[u8]) -> Reply {
         match self.phase {
             Phase::Greeted => return Reply::new(503, (5, 5, 1), "Send EHLO/HELO first"),
             Phase::Mail(_) => return Reply::new(503, (5, 5, 1), "Nested MAIL command"),
@@ -21,7 +21,7 @@ impl<S: Io> Session<S> {
             return Reply::new(530, (5, 7, 0), "Authentication required");
         }
         let max = self.shared.cfg.server.max_message_size;
-        if from.size > max {
+        if from.size > max || size_overflows(line) {
             self.metrics().rejected(RejectReason::Size);
             return Reply::new(
                 552,
@@ -173,6 +173,23 @@ pub(crate) fn path(address: &str) -> Result<String, &'static str> {
     Ok(quoted)
 }
 
+/// Does the MAIL line declare a SIZE too large for any integer? smtp-proto 0.2.5 saturates a
+/// long SIZE value and then restarts from the next digit, so `SIZE=99999999999999999999999`
+/// reads as 999: such a claim is checked here on the raw line instead.
+fn size_overflows(line: &[u8]) -> bool {
+    line.split(|b| b.is_ascii_whitespace()).any(|token| {
+        let Some(value) = token
+            .get(..5)
+            .filter(|k| k.eq_ignore_ascii_case(b"SIZE="))
+            .map(|_| &token[5..])
+        else {
+            return false;
+        };
+        value.iter().all(u8::is_ascii_digit)
+            && std::str::from_utf8(value).is_ok_and(|v| v.parse::<usize>().is_err())
+    })
+}
+
 /// RFC 5321 Dot-string (with RFC 6531 UTF-8 atext).
 fn is_dot_string(local: &str) -> bool {
     local.split('.').all(|atom| {
@@ -185,7 +202,22 @@ fn is_dot_string(local: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::path;
+    use super::{path, size_overflows};
+
+    #[test]
+    fn sizes_beyond_any_integer_are_caught_on_the_raw_line() {
+        assert!(size_overflows(
+            b"MAIL FROM:<a@b.c> SIZE=99999999999999999999999\r\n"
+        ));
+        assert!(size_overflows(
+            b"MAIL FROM:<a@b.c> BODY=8BITMIME size=184467440737095516160\r\n"
+        ));
+        assert!(!size_overflows(
+            b"MAIL FROM:<a@b.c> SIZE=18446744073709551615\r\n"
+        ));
+        assert!(!size_overflows(b"MAIL FROM:<a@b.c> SIZE=1000\r\n"));
+        assert!(!size_overflows(b"MAIL FROM:<a@b.c>\r\n"));
+    }
 
     #[test]
     fn quoted_local_parts_stay_quoted_so_nothing_becomes_a_parameter() {

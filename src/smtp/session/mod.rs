@@ -200,7 +200,7 @@ impl<S: Io> Session<S> {
             let flow = match self.conn.read_line(self.command_timeout()).await {
                 Ok(Line::Command(line)) => {
                     match Request::parse(&mut line.iter()).map(Request::into_owned) {
-                        Ok(request) => match self.handle(request).await {
+                        Ok(request) => match self.handle(request, &line).await {
                             Ok(flow) => flow,
                             Err(end) => return end,
                         },
@@ -233,7 +233,7 @@ impl<S: Io> Session<S> {
         }
     }
 
-    async fn handle(&mut self, request: Request<String>) -> Result<Flow, End> {
+    async fn handle(&mut self, request: Request<String>, line: &[u8]) -> Result<Flow, End> {
         Ok(match request {
             Request::Ehlo { host } => self.ehlo(host, true).await.into(),
             Request::Helo { host } => self.ehlo(host, false).await.into(),
@@ -245,7 +245,7 @@ impl<S: Io> Session<S> {
                 mechanism,
                 initial_response,
             } => return self.auth(mechanism, initial_response).await,
-            Request::Mail { from } => self.mail(from).await.into(),
+            Request::Mail { from } => self.mail(from, line).await.into(),
             Request::Rcpt { to } => self.rcpt(to.address).await.into(),
             Request::Data => return self.data().await,
             Request::Bdat {
