@@ -142,6 +142,8 @@ async fn serve_upstream(tcp: TcpStream, n: usize, rec: Record, script: Script) {
         return;
     }
     let mut line = Vec::new();
+    // Like a real MTA, a transaction lasts from an accepted MAIL to RSET or the end of DATA.
+    let mut in_transaction = false;
     loop {
         line.clear();
         match rd.read_until(b'\n', &mut line).await {
@@ -152,12 +154,27 @@ async fn serve_upstream(tcp: TcpStream, n: usize, rec: Record, script: Script) {
             .trim_end_matches(['\r', '\n'])
             .to_string();
         rec.push(n, Ev::Cmd(cmd.clone()));
-        let mut answer = |key: &str| match script(n, key) {
+        let verb = cmd.get(..4).unwrap_or("").to_ascii_uppercase();
+        let answer = |key: &str, in_transaction: bool| match script(n, key) {
             Act::Reply(r) => Some(r),
             Act::Close => None,
+            Act::Default if key.len() >= 4 => {
+                match (&key[..4].to_ascii_uppercase()[..], in_transaction) {
+                    ("MAIL", true) => Some("503 5.5.1 Error: nested MAIL command"),
+                    ("RCPT" | "DATA", false) => Some("503 5.5.1 Error: need MAIL command"),
+                    _ => Some(default_reply(key)),
+                }
+            }
             Act::Default => Some(default_reply(key)),
         };
-        let Some(reply) = answer(&cmd) else { return };
+        let Some(reply) = answer(&cmd, in_transaction) else {
+            return;
+        };
+        match verb.as_str() {
+            "MAIL" if reply.starts_with('2') => in_transaction = true,
+            "RSET" | "EHLO" | "HELO" => in_transaction = false,
+            _ => {}
+        }
         if wr
             .write_all(format!("{reply}\r\n").as_bytes())
             .await
@@ -182,7 +199,10 @@ async fn serve_upstream(tcp: TcpStream, n: usize, rec: Record, script: Script) {
                 content.extend_from_slice(&line);
             }
             rec.push(n, Ev::Data(content));
-            let Some(reply) = answer(".") else { return };
+            in_transaction = false;
+            let Some(reply) = answer(".", true) else {
+                return;
+            };
             if wr
                 .write_all(format!("{reply}\r\n").as_bytes())
                 .await
@@ -294,6 +314,10 @@ struct Reply {
 }
 
 impl Reply {
+    fn is_transient(&self) -> bool {
+        (400..500).contains(&self.code)
+    }
+
     /// Asserts code and that the (first line of) text starts with `start`.
     #[track_caller]
     fn is(&self, code: u16, start: &str) {
@@ -1255,4 +1279,100 @@ async fn client_closing_mid_data_ends_the_session_and_nothing_is_forwarded() {
     })
     .await;
     assert!(up.record.data().is_empty());
+}
+
+#[tokio::test]
+async fn pipelined_transaction_gets_its_replies_in_order() {
+    let (up, relay) = setup().await;
+    let mut c = relay.ready().await;
+    let mut burst = b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.net>\r\nRCPT TO:<nobody>\r\nDATA\r\n".to_vec();
+    c.send(&burst).await;
+    c.reply().await.is(250, "2.1.0");
+    c.reply().await.is(250, "2.1.0");
+    c.reply().await.is(501, "5.1.3");
+    c.reply().await.is(354, "Start mail input");
+    burst.clear();
+    burst.extend_from_slice(SMALL);
+    burst.extend_from_slice(b".\r\nNOOP\r\nQUIT\r\n");
+    c.send(&burst).await;
+    c.reply()
+        .await
+        .is(250, "2.0.0 Message accepted by upstream");
+    c.reply().await.is(250, "2.0.0 OK");
+    c.reply().await.is(221, "2.0.0 Bye");
+    c.closed().await;
+    assert!(matches!(c.end().await, End::Quit));
+    assert_eq!(up.record.data().len(), 1);
+}
+
+#[tokio::test]
+async fn upstream_verdict_on_the_content_is_passed_through() {
+    let script: Script = Arc::new(|_, cmd| match cmd {
+        "." => Act::Reply("554 5.7.1 Spam content refused"),
+        _ => Act::Default,
+    });
+    let (up, relay) = setup_with(BASE, script).await;
+    let mut c = relay.ready().await;
+    c.cmd("MAIL FROM:<alice@example.org>")
+        .await
+        .is(250, "2.1.0");
+    c.cmd("RCPT TO:<bob@example.net>").await.is(250, "2.1.0");
+    data(&mut c, SMALL)
+        .await
+        .is(554, "5.7.1 Spam content refused");
+    assert!(matches!(c.quit().await, End::Quit));
+    assert_eq!(up.record.data().len(), 1);
+
+    let script: Script = Arc::new(|_, cmd| match cmd {
+        "DATA" => Act::Reply("452 4.3.1 Insufficient system storage"),
+        _ => Act::Default,
+    });
+    let (up, relay) = setup_with(BASE, script).await;
+    let mut c = relay.ready().await;
+    c.cmd("MAIL FROM:<alice@example.org>")
+        .await
+        .is(250, "2.1.0");
+    c.cmd("RCPT TO:<bob@example.net>").await.is(250, "2.1.0");
+    data(&mut c, SMALL)
+        .await
+        .is(452, "4.3.1 Insufficient system storage");
+    // The upstream still holds MAIL and RCPT after refusing DATA: the next transaction on the
+    // same session must not meet "nested MAIL".
+    c.cmd("MAIL FROM:<alice@example.org>")
+        .await
+        .is(250, "2.1.0");
+    assert!(matches!(c.quit().await, End::Quit));
+    assert!(up.record.data().is_empty());
+    assert_eq!(up.record.conns().len(), 1);
+}
+
+#[tokio::test]
+async fn upstream_closing_with_421_at_rcpt_loses_nothing_and_the_next_transaction_works() {
+    let script: Script = Arc::new(|conn, cmd| {
+        if conn == 0 && cmd.contains("second@") {
+            Act::Reply("421 4.3.2 Shutting down")
+        } else {
+            Act::Default
+        }
+    });
+    let (up, relay) = setup_with(BASE, script).await;
+    let mut c = relay.ready().await;
+    c.cmd("MAIL FROM:<alice@example.org>")
+        .await
+        .is(250, "2.1.0");
+    c.cmd("RCPT TO:<first@example.net>").await.is(250, "2.1.0");
+    let r = c.cmd("RCPT TO:<second@example.net>").await;
+    assert!(r.is_transient(), "{r:?}");
+    // DATA now cannot be acknowledged: the upstream is gone.
+    let r = data(&mut c, SMALL).await;
+    assert!(r.is_transient(), "{r:?}");
+    c.cmd("RSET").await.is(250, "2.0.0");
+    c.cmd("MAIL FROM:<alice@example.org>")
+        .await
+        .is(250, "2.1.0");
+    c.cmd("RCPT TO:<first@example.net>").await.is(250, "2.1.0");
+    data(&mut c, SMALL).await.is(250, "2.0.0");
+    assert!(matches!(c.quit().await, End::Quit));
+    assert_eq!(up.record.data().len(), 1, "acknowledged 1, delivered 1");
+    assert_eq!(up.record.conns().len(), 2);
 }
