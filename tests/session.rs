@@ -1376,3 +1376,33 @@ async fn upstream_closing_with_421_at_rcpt_loses_nothing_and_the_next_transactio
     assert_eq!(up.record.data().len(), 1, "acknowledged 1, delivered 1");
     assert_eq!(up.record.conns().len(), 2);
 }
+
+#[tokio::test]
+async fn ehlo_names_that_are_no_domain_or_address_literal_get_501() {
+    let (_up, relay) = setup().await;
+    let mut c = relay.connect_from("127.0.0.1:40000");
+    c.reply().await.is(220, "relay.test");
+    for bad in [
+        &b"EHLO a\0b.example\r\n"[..],
+        b"EHLO a\x1bb.example\r\n",
+        b"HELO <script>\r\n",
+        b"EHLO user@example.org\r\n",
+    ] {
+        c.send(bad).await;
+        let r = c.reply().await;
+        assert_eq!(r.code, 501, "{bad:?}: {r:?}");
+    }
+    // Nothing learnt from the refused greetings: MAIL still needs EHLO.
+    c.cmd("MAIL FROM:<a@example.org>").await.is(503, "5.5.1");
+    for good in [
+        "EHLO mail.example.org",
+        "EHLO localhost",
+        "EHLO [192.0.2.1]",
+        "EHLO [IPv6:2001:db8::1]",
+        "EHLO WIN_PC-01",
+        "EHLO bücher.example",
+    ] {
+        c.cmd(good).await.is(250, "relay.test Hello");
+    }
+    assert!(matches!(c.quit().await, End::Quit));
+}

@@ -19,6 +19,13 @@ impl<S: Io> Session<S> {
         if host.trim().is_empty() {
             return Reply::new(501, (5, 5, 4), "Syntax: EHLO hostname");
         }
+        if !helo_name_ok(&host) {
+            return Reply::new(
+                501,
+                (5, 5, 4),
+                "Invalid EHLO argument: give a domain name or an address literal",
+            );
+        }
         self.abort_transaction().await;
         self.phase = Phase::Ready;
         self.helo = Some(host.clone());
@@ -47,10 +54,54 @@ impl<S: Io> Session<S> {
     }
 }
 
+/// A domain (RFC 5321 4.1.2, with the underscores and UTF-8 labels real clients send) or an
+/// address literal. Controls (NUL, ESC, ...) never pass: the name goes into logs and the
+/// Received field.
+fn helo_name_ok(host: &str) -> bool {
+    if let Some(literal) = host.strip_prefix('[') {
+        return literal.strip_suffix(']').is_some_and(|inner| {
+            !inner.is_empty()
+                && inner
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '-'))
+        });
+    }
+    host.split('.').all(|label| {
+        !label.is_empty()
+            && label
+                .chars()
+                .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_'))
+    }) || host.ends_with('.') && helo_name_ok(&host[..host.len() - 1])
+}
+
 pub(super) fn help() -> Reply {
     Reply::new(
         214,
         (2, 0, 0),
         "bccguard relays mail and keeps recipient lists private.\nCommands: EHLO HELO STARTTLS AUTH MAIL RCPT DATA BDAT RSET NOOP QUIT HELP VRFY\nSee RFC 5321",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::helo_name_ok;
+
+    #[test]
+    fn helo_names_are_domains_or_address_literals() {
+        for ok in [
+            "a.example",
+            "localhost",
+            "WIN_PC-1",
+            "[192.0.2.1]",
+            "[IPv6:2001:db8::1]",
+            "x.example.",
+        ] {
+            assert!(helo_name_ok(ok), "{ok}");
+        }
+        for bad in [
+            "a\0b", "a b", "<x>", "u@x.org", "[]", "[1.2.3.4", "a..b", ".", "a\u{1b}b",
+        ] {
+            assert!(!helo_name_ok(bad), "{bad:?}");
+        }
+    }
 }
