@@ -158,14 +158,14 @@ async fn serve_upstream(tcp: TcpStream, n: usize, rec: Record, script: Script) {
         let answer = |key: &str, in_transaction: bool| match script(n, key) {
             Act::Reply(r) => Some(r),
             Act::Close => None,
-            Act::Default if key.len() >= 4 => {
-                match (&key[..4].to_ascii_uppercase()[..], in_transaction) {
-                    ("MAIL", true) => Some("503 5.5.1 Error: nested MAIL command"),
-                    ("RCPT" | "DATA", false) => Some("503 5.5.1 Error: need MAIL command"),
-                    _ => Some(default_reply(key)),
-                }
+            Act::Default => {
+                let verb = key.get(..4).unwrap_or("").to_ascii_uppercase();
+                Some(match (verb.as_str(), in_transaction) {
+                    ("MAIL", true) => "503 5.5.1 Error: nested MAIL command",
+                    ("RCPT" | "DATA", false) => "503 5.5.1 Error: need MAIL command",
+                    _ => default_reply(key),
+                })
             }
-            Act::Default => Some(default_reply(key)),
         };
         let Some(reply) = answer(&cmd, in_transaction) else {
             return;
@@ -376,21 +376,20 @@ impl Client {
     }
 
     async fn reply_inner(&mut self) -> Reply {
-        let mut code = 0;
         let mut lines = Vec::new();
-        loop {
+        let code = loop {
             let mut line = String::new();
             let n = self.rd.read_line(&mut line).await.unwrap();
             assert!(n > 0, "connection closed; replies so far {lines:?}");
             assert!(line.ends_with("\r\n"), "reply line without CRLF: {line:?}");
             assert!(line.len() >= 4, "short reply line {line:?}");
-            code = line[..3].parse().expect("reply code");
+            let code: u16 = line[..3].parse().expect("reply code");
             lines.push(line[4..line.len() - 2].to_string());
             if line.as_bytes()[3] == b' ' {
-                break;
+                break code;
             }
             assert_eq!(line.as_bytes()[3], b'-', "bad separator in {line:?}");
-        }
+        };
         Reply {
             code,
             text: lines.join("\n"),
