@@ -22,7 +22,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-const T: Duration = Duration::from_secs(10);
+/// Generous: argon2 in a debug build on a loaded machine takes seconds per check.
+const T: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------------------------
 // The scripted upstream.
@@ -596,12 +597,7 @@ async fn starttls_and_auth_when_not_offered() {
 #[tokio::test]
 async fn auth_in_cleartext_is_refused_with_538() {
     let up = mock_upstream(always_default()).await;
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let users = dir.path().join("users");
-    let hash = bccguard::smtp::auth::hash_password("pw").unwrap();
-    std::fs::write(&users, format!("alice:{hash}\n")).unwrap();
-    let toml = BASE.replace("auth = \"none\"", "auth = \"optional\"")
-        + &format!("\n[auth]\nusers_file = \"{}\"\n", users.display());
+    let (toml, _users) = with_users(&BASE.replace("auth = \"none\"", "auth = \"optional\""));
     let relay = relay_from(&toml, up.addr);
     let mut c = relay.ready().await;
     c.cmd("AUTH PLAIN AGFsaWNlAHB3")
@@ -609,6 +605,16 @@ async fn auth_in_cleartext_is_refused_with_538() {
         .is(538, "5.7.11 Encryption required");
     c.cmd("AUTH LOGIN").await.is(538, "5.7.11");
     assert!(matches!(c.quit().await, End::Quit));
+}
+
+/// Adds a users file with alice / pw to `toml`; keep the returned folder alive.
+fn with_users(toml: &str) -> (String, tempfile::TempDir) {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let users = dir.path().join("users");
+    let hash = bccguard::smtp::auth::hash_password("pw").unwrap();
+    std::fs::write(&users, format!("alice:{hash}\n")).unwrap();
+    let toml = format!("{toml}\n[auth]\nusers_file = \"{}\"\n", users.display());
+    (toml, dir)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1404,4 +1410,116 @@ async fn ehlo_names_that_are_no_domain_or_address_literal_get_501() {
         c.cmd(good).await.is(250, "relay.test Hello");
     }
     assert!(matches!(c.quit().await, End::Quit));
+}
+
+#[tokio::test]
+async fn invalid_utf8_in_addresses_is_refused_never_replaced() {
+    let (up, relay) = setup().await;
+    let mut c = relay.ready().await;
+    c.send(b"MAIL FROM:<al\xffice@example.org> SMTPUTF8\r\n")
+        .await;
+    c.reply().await.is(500, "5.5.2 Error: bad UTF-8 syntax");
+    c.cmd("MAIL FROM:<alice@example.org> SMTPUTF8")
+        .await
+        .is(250, "2.1.0");
+    c.send(b"RCPT TO:<b\xc3\x28ob@example.net>\r\n").await;
+    c.reply().await.is(500, "5.5.2 Error: bad UTF-8 syntax");
+    c.cmd("RCPT TO:<jörg@bücher.example>")
+        .await
+        .is(250, "2.1.0");
+    assert!(matches!(c.quit().await, End::Quit));
+    let cmds = transaction_commands(&up.record);
+    assert_eq!(
+        cmds,
+        [
+            "MAIL FROM:<alice@example.org> SMTPUTF8",
+            "RCPT TO:<jörg@bücher.example>"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn smtputf8_to_an_upstream_without_it_is_refused_with_553() {
+    let script: Script = Arc::new(|_, cmd| {
+        if cmd.starts_with("EHLO") {
+            Act::Reply("250-mock.upstream\r\n250 8BITMIME")
+        } else {
+            Act::Default
+        }
+    });
+    let (up, relay) = setup_with(BASE, script).await;
+    let mut c = relay.ready().await;
+    c.cmd("MAIL FROM:<jörg@example.org> SMTPUTF8")
+        .await
+        .is(553, "5.6.7");
+    c.cmd("MAIL FROM:<alice@example.org> BODY=8BITMIME")
+        .await
+        .is(250, "2.1.0");
+    assert!(matches!(c.quit().await, End::Quit));
+    assert_eq!(
+        transaction_commands(&up.record),
+        ["MAIL FROM:<alice@example.org> BODY=8BITMIME"]
+    );
+}
+
+#[tokio::test]
+async fn auth_required_listener_refuses_mail_without_auth_and_auth_lets_outsiders_relay() {
+    let up = mock_upstream(always_default()).await;
+    let (toml, _users) = with_users(&BASE.replace(
+        "auth = \"none\"",
+        "auth = \"required\"\nallow_cleartext_auth = true",
+    ));
+    let relay = relay_from(&toml, up.addr);
+    let mut c = relay.connect_from("192.0.2.1:40000");
+    c.reply().await.is(220, "relay.test");
+    let r = c.cmd("EHLO outsider.test").await;
+    assert!(r.text.lines().any(|l| l == "AUTH PLAIN LOGIN"), "{r:?}");
+    c.cmd("MAIL FROM:<alice@example.org>")
+        .await
+        .is(530, "5.7.0 Authentication required");
+    // base64("\0alice\0wrong"), then base64("\0alice\0pw").
+    c.cmd("AUTH PLAIN AGFsaWNlAHdyb25n")
+        .await
+        .is(535, "5.7.8 Authentication credentials invalid");
+    c.cmd("AUTH PLAIN AGFsaWNlAHB3")
+        .await
+        .is(235, "2.7.0 Authentication successful");
+    c.cmd("AUTH PLAIN AGFsaWNlAHB3")
+        .await
+        .is(503, "5.5.1 Already authenticated");
+    c.cmd("MAIL FROM:<alice@example.org>")
+        .await
+        .is(250, "2.1.0");
+    c.cmd("RCPT TO:<bob@example.net>").await.is(250, "2.1.0");
+    let r = data(&mut c, SMALL).await;
+    r.is(250, "2.0.0");
+    assert!(matches!(c.quit().await, End::Quit));
+    let (received, _) = strip_received(&up.record.data()[0]);
+    assert!(received.contains("with ESMTPA id"), "{received}");
+}
+
+#[tokio::test]
+async fn three_failed_auth_attempts_close_the_connection() {
+    let up = mock_upstream(always_default()).await;
+    let (toml, _users) = with_users(&BASE.replace(
+        "auth = \"none\"",
+        "auth = \"optional\"\nallow_cleartext_auth = true",
+    ));
+    let relay = relay_from(&toml, up.addr);
+    let mut c = relay.ready().await;
+    c.cmd("AUTH PLAIN AGFsaWNlAHdyb25n").await.is(535, "5.7.8");
+    // LOGIN with challenges: "alice", "wrong".
+    c.cmd("AUTH LOGIN").await.is(334, "VXNlcm5hbWU6");
+    c.cmd("YWxpY2U=").await.is(334, "UGFzc3dvcmQ6");
+    c.cmd("d3Jvbmc=").await.is(535, "5.7.8");
+    c.cmd("AUTH PLAIN").await.is(334, "");
+    c.cmd("*").await.is(501, "5.0.0 Authentication cancelled");
+    c.cmd("AUTH PLAIN !!!")
+        .await
+        .is(501, "5.5.2 Invalid base64");
+    c.cmd("AUTH CRAM-MD5").await.is(504, "5.5.4");
+    c.cmd("AUTH PLAIN AGJvYgB4").await.is(535, "5.7.8");
+    c.reply().await.is(421, "4.7.0");
+    c.closed().await;
+    assert!(matches!(c.end().await, End::TooManyErrors));
 }

@@ -198,6 +198,11 @@ impl<S: Io> Session<S> {
         let limit = self.shared.cfg.server.hard_error_limit;
         loop {
             let flow = match self.conn.read_line(self.command_timeout()).await {
+                // smtp-proto would turn invalid UTF-8 into U+FFFD: an address that is not the
+                // one the client sent. Refused whole, as Postfix does.
+                Ok(Line::Command(line)) if std::str::from_utf8(&line).is_err() => {
+                    Flow::Continue(Reply::new(500, (5, 5, 2), "Error: bad UTF-8 syntax"))
+                }
                 Ok(Line::Command(line)) => {
                     match Request::parse(&mut line.iter()).map(Request::into_owned) {
                         Ok(request) => match self.handle(request, &line).await {
