@@ -173,8 +173,8 @@ async fn always_250_upstream() -> SocketAddr {
 fn check_replies(out: &[u8]) {
     assert!(out.starts_with(b"220 "), "no greeting: {out:?}");
     assert!(out.ends_with(b"\r\n"), "unterminated reply: {out:?}");
-    for line in out[..out.len() - 2].split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").expect("reply lines end in CRLF");
+    for line in out.split_inclusive(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r\n").expect("reply lines end in CRLF");
         assert!(line.len() >= 4, "short reply line {line:?}");
         assert!(line[..3].iter().all(u8::is_ascii_digit), "{line:?}");
         assert!(matches!(line[3], b' ' | b'-'), "{line:?}");

@@ -66,12 +66,14 @@ fn helo_name_ok(host: &str) -> bool {
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '-'))
         });
     }
+    // One trailing dot (the root) is allowed.
+    let host = host.strip_suffix('.').unwrap_or(host);
     host.split('.').all(|label| {
         !label.is_empty()
             && label
                 .chars()
                 .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_'))
-    }) || host.ends_with('.') && helo_name_ok(&host[..host.len() - 1])
+    })
 }
 
 pub(super) fn help() -> Reply {
@@ -99,7 +101,7 @@ mod tests {
             assert!(helo_name_ok(ok), "{ok}");
         }
         for bad in [
-            "a\0b", "a b", "<x>", "u@x.org", "[]", "[1.2.3.4", "a..b", ".", "a\u{1b}b",
+            "a\0b", "a b", "<x>", "u@x.org", "[]", "[1.2.3.4", "a..b", ".", "a..", "a\u{1b}b",
         ] {
             assert!(!helo_name_ok(bad), "{bad:?}");
         }
