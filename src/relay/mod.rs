@@ -521,6 +521,11 @@ impl UpstreamSession {
     pub async fn data(&mut self, parts: &[&[u8]]) -> Result<Reply, UpstreamError> {
         let go = self.command("DATA\r\n").await?;
         if go.code != 354 {
+            // A refused DATA leaves MAIL and RCPT standing at the upstream: end that transaction
+            // now, or the session's next MAIL meets "nested MAIL". If even RSET fails, drop it.
+            if !self.rset().await.is_ok_and(|r| r.is_positive()) {
+                self.broken = true;
+            }
             return Ok(go);
         }
         let write = async {
