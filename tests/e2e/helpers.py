@@ -909,15 +909,68 @@ class FaultUpstream(PyUpstream):
       *before* the wait, as a real server queues first and answers afterwards (so a client that
       gives up and resends makes a visible duplicate).
 
+    - `down_after` N: right after the Nth kept message the server goes down (listener closed,
+      every connection aborted: connection refused from then on) until `set_down(False)`.
+
     Every kept copy is recorded in `delivered` with its envelope; `data_ends` and `dropped`
     count what happened."""
 
-    def __init__(self, drop_every: int = 0, reply_delay: float = 0.0, **kw):
+    def __init__(self, drop_every: int = 0, reply_delay: float = 0.0, down_after: int = 0, **kw):
         super().__init__(**kw)
         self.drop_every = drop_every
         self.reply_delay = reply_delay
+        self.down_after = down_after
         self.data_ends = 0
         self.dropped = 0
+        self.down_since: float | None = None
+        self._writers: set = set()
+
+    def _run(self):
+        # Unlike PyUpstream, the loop outlives the listener, so the server can go down and up.
+        self._loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self._loop)
+
+        async def listen():
+            self._server = await asyncio.start_server(self._session, "127.0.0.1", self.port, limit=1 << 20)
+
+        self._loop.run_until_complete(listen())
+        self._ready.set()
+        self._loop.run_forever()
+
+    def stop(self):
+        if self._loop and self._loop.is_running():
+            async def shutdown():
+                self._server.close()
+                tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+            try:
+                asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(3)
+            except Exception:  # noqa: BLE001 - stopping must go on
+                pass
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread:
+            self._thread.join(3)
+
+    def _go_down(self):
+        self.down_since = time.monotonic()
+        self._server.close()
+        for w in list(self._writers):
+            w.transport.abort()
+
+    def set_down(self, down: bool):
+        """Takes the server down (connection refused) or brings it up again on the same port."""
+
+        async def change():
+            if down:
+                self._go_down()
+            elif self.down_since is not None:
+                self._server = await asyncio.start_server(self._session, "127.0.0.1", self.port, limit=1 << 20)
+                self.down_since = None
+
+        asyncio.run_coroutine_threadsafe(change(), self._loop).result(5)
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         async def reply(text: str):
@@ -925,6 +978,7 @@ class FaultUpstream(PyUpstream):
             await writer.drain()
 
         sender, rcpts = None, []
+        self._writers.add(writer)
         try:
             await reply("220 fault-upstream ESMTP ready")
             while True:
@@ -976,6 +1030,9 @@ class FaultUpstream(PyUpstream):
                         await asyncio.sleep(self.reply_delay)
                     await reply(f"250 2.0.0 Ok: queued as F{n}")
                     sender, rcpts = None, []
+                    if self.down_after and n == self.down_after:
+                        self._go_down()
+                        return
                 elif verb == "RSET":
                     sender, rcpts = None, []
                     await reply("250 2.0.0 Ok")
@@ -989,6 +1046,7 @@ class FaultUpstream(PyUpstream):
         except (ConnectionError, asyncio.CancelledError, asyncio.IncompleteReadError):
             pass
         finally:
+            self._writers.discard(writer)
             try:
                 writer.close()
             except Exception:
