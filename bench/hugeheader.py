@@ -86,6 +86,7 @@ def main() -> int:
     ap.add_argument("--parallel", type=int, default=1)
     ap.add_argument("--size", type=int, default=25_000_000)
     ap.add_argument("--label", default=None)
+    ap.add_argument("--heaptrack", metavar="OUT", help="run the relay under `heaptrack -o OUT` (where the peak is)")
     a = ap.parse_args()
     label = a.label or f"hugeheader{a.parallel}/bccguard/1"
 
@@ -120,14 +121,20 @@ def main() -> int:
     }
     (work / "relay.toml").write_text(to_toml(cfg))
     log = open(work / "relay.log", "wb")
-    relay = subprocess.Popen([a.bin, "serve", "--config", str(work / "relay.toml")], stdout=log, stderr=log,
+    wrap = ["heaptrack", "-o", a.heaptrack] if a.heaptrack else []
+    relay = subprocess.Popen(wrap + [a.bin, "serve", "--config", str(work / "relay.toml")], stdout=log, stderr=log,
                              cwd=work, start_new_session=True, env={**os.environ, "RUST_LOG": "info"})
     rc = 1
     try:
         wait_for_port(sink_port, alive=lambda: sink.poll() is None)
         wait_for_port(port, alive=lambda: relay.poll() is None)
         time.sleep(0.3)
-        idle = status_kb(relay.pid, "VmRSS")
+        pid = relay.pid
+        if a.heaptrack:  # the relay is heaptrack's child: measure the relay, not the wrapper
+            time.sleep(1.0)
+            pid = int(subprocess.run(["pgrep", "-P", str(relay.pid), "-f", "serve"], capture_output=True,
+                                     text=True).stdout.split()[0])
+        idle = status_kb(pid, "VmRSS")
         out: list = [None] * a.parallel
         t0 = time.monotonic()
         threads = [threading.Thread(target=send, args=(port, data, out, i)) for i in range(a.parallel)]
@@ -136,7 +143,7 @@ def main() -> int:
         for t in threads:
             t.join()
         wall = time.monotonic() - t0
-        hwm = status_kb(relay.pid, "VmHWM")
+        hwm = status_kb(pid, "VmHWM")
         size_kb = len(raw) / 1024
         codes = [o[0] for o in out]
         audit_bytes = (work / "audit.jsonl").stat().st_size if (work / "audit.jsonl").exists() else 0

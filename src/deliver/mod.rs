@@ -89,7 +89,7 @@ async fn run(
     message: &Message,
     held: &mut Option<UpstreamSession>,
 ) -> Outcome {
-    let decision = match rules.policy.decide(message, job.envelope) {
+    let mut decision = match rules.policy.decide(message, job.envelope) {
         Ok(d) => d,
         Err(unreadable) => {
             reset_upstream(held).await;
@@ -116,12 +116,17 @@ async fn run(
 
     // Phase one of the audit: nothing is handed on unless the decision is on disk.
     let audited = stages.audit.wants(decision.action, decision.mode);
+    let visible_count = decision.visible.len();
     let decision_seq = if audited {
-        match outcome::record_decision(stages, job, message, &decision).await {
+        // The list moves into the record (no copy); nothing after this reads more than its length.
+        let visible = std::mem::take(&mut decision.visible);
+        match outcome::record_decision(stages, job, message, &decision, visible).await {
             Ok(seq) => Some(seq),
             Err(()) => {
                 reset_upstream(held).await;
-                return Outcome::audit_failed(decision);
+                let mut failed = Outcome::audit_failed(decision);
+                failed.visible_count = Some(visible_count);
+                return failed;
             }
         }
     } else {
@@ -138,6 +143,7 @@ async fn run(
             .with_decision(decision),
     };
     outcome.decision_seq = decision_seq;
+    outcome.visible_count = Some(visible_count);
     if outcome.reply.is_positive() && notice_wanted(&outcome) {
         if let Some(d) = &outcome.decision {
             let notice = generated::notice::sender_notice(
