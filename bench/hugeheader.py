@@ -125,11 +125,11 @@ def main() -> int:
     relay = subprocess.Popen(wrap + [a.bin, "serve", "--config", str(work / "relay.toml")], stdout=log, stderr=log,
                              cwd=work, start_new_session=True, env={**os.environ, "RUST_LOG": "info"})
     rc = 1
+    pid = relay.pid
     try:
         wait_for_port(sink_port, alive=lambda: sink.poll() is None)
         wait_for_port(port, alive=lambda: relay.poll() is None)
         time.sleep(0.3)
-        pid = relay.pid
         if a.heaptrack:  # the relay is heaptrack's child: measure the relay, not the wrapper
             time.sleep(1.0)
             pid = int(subprocess.run(["pgrep", "-P", str(relay.pid), "-f", "serve"], capture_output=True,
@@ -155,6 +155,11 @@ def main() -> int:
               f"audit_bytes={audit_bytes} load1={os.getloadavg()[0]:.2f} rc={rc}")
         sys.stdout.flush()
     finally:
+        if a.heaptrack and pid != relay.pid:
+            try:  # under heaptrack the relay is the wrapper's child: stop it, the wrapper follows
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
         for p in (relay, sink):
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
