@@ -89,7 +89,7 @@ async fn run(
     message: &Message,
     held: &mut Option<UpstreamSession>,
 ) -> Outcome {
-    let decision = match rules.policy.decide(message, job.envelope) {
+    let mut decision = match rules.policy.decide(message, job.envelope) {
         Ok(d) => d,
         Err(unreadable) => {
             reset_upstream(held).await;
@@ -119,12 +119,17 @@ async fn run(
     // of its own (someone chose to let this list be shown).
     let audited =
         stages.audit.wants(decision.action, decision.mode) || decision.exempted_by.is_some();
+    let visible_count = decision.visible.len();
     let decision_seq = if audited {
-        match outcome::record_decision(stages, job, message, &decision).await {
+        // The list moves into the record (no copy); nothing after this reads more than its length.
+        let visible = std::mem::take(&mut decision.visible);
+        match outcome::record_decision(stages, job, message, &decision, visible).await {
             Ok(seq) => Some(seq),
             Err(()) => {
                 reset_upstream(held).await;
-                return Outcome::audit_failed(decision);
+                let mut failed = Outcome::audit_failed(decision);
+                failed.visible_count = Some(visible_count);
+                return failed;
             }
         }
     } else {
@@ -141,6 +146,7 @@ async fn run(
             .with_decision(decision),
     };
     outcome.decision_seq = decision_seq;
+    outcome.visible_count = Some(visible_count);
     if outcome.reply.is_positive() && notice_wanted(&outcome) {
         if let Some(d) = &outcome.decision {
             let notice = generated::notice::sender_notice(
@@ -226,6 +232,7 @@ async fn split(
     let mut accepted = 0usize;
     let mut failures: Vec<(String, Reply)> = Vec::new();
     let mut pending = Vec::new();
+    let mut attempts_per_copy = COPY_ATTEMPTS;
     let mut last = None;
     for copy in copies {
         let Route::Single(rcpt) = &copy.route else {
@@ -256,7 +263,7 @@ async fn split(
                     e.reply()
                 }
             };
-            if !reply.is_transient() || attempt >= COPY_ATTEMPTS {
+            if !reply.is_transient() || attempt >= attempts_per_copy {
                 break reply;
             }
             tokio::time::sleep(COPY_RETRY_DELAY * attempt).await;
@@ -265,6 +272,9 @@ async fn split(
             accepted += 1;
             last = Some((header_digest(&copy.message.header), reply));
         } else if reply.is_transient() {
+            // The upstream is failing right now: later copies get one try each before the
+            // spool, so a long split does not keep the client waiting for every retry.
+            attempts_per_copy = 1;
             pending.push((rcpt.clone(), parts, reply, attempt));
         } else {
             failures.push((rcpt.clone(), reply));
