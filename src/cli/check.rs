@@ -29,6 +29,9 @@ pub struct CheckArgs {
     /// Envelope sender. Default: the address in the message's From: field.
     #[arg(long)]
     pub from: Option<String>,
+    /// SMTP AUTH login name to decide as (rules may name users and groups). Default: none.
+    #[arg(long)]
+    pub auth_user: Option<String>,
     /// Envelope recipient (repeatable). Default: the visible recipients.
     #[arg(long)]
     pub rcpt: Vec<String>,
@@ -121,7 +124,7 @@ fn check(args: &CheckArgs) -> Result<Report, Failure> {
         ..Envelope::default()
     };
     let decision = policy
-        .decide(&message, &envelope)
+        .decide_as(&message, &envelope, args.auth_user.as_deref())
         .map_err(|u| unreadable(&u))?;
     // Without --rcpt the envelope is what the message shows (as a client would have sent it).
     envelope.recipients = if args.rcpt.is_empty() {

@@ -89,7 +89,9 @@ async fn run(
     message: &Message,
     held: &mut Option<UpstreamSession>,
 ) -> Outcome {
-    let decision = match rules.policy.decide(message, job.envelope) {
+    // Rules may name the AUTH user and groups (issue 15).
+    let auth_user = job.client.auth_user.as_deref();
+    let decision = match rules.policy.decide_as(message, job.envelope, auth_user) {
         Ok(d) => d,
         Err(unreadable) => {
             reset_upstream(held).await;

@@ -3,7 +3,10 @@
 //! the admin's rules ([`rules`]); returns a [`Decision`] and never touches the message bytes.
 
 pub mod address;
+pub mod directory;
+pub mod groups;
 pub mod rules;
+pub mod sender;
 pub mod visible;
 
 use sha2::{Digest, Sha256};
@@ -21,6 +24,7 @@ pub struct Policy {
     internal: InternalDomains,
     rules: Vec<Rule>,
     version: String,
+    groups: groups::Groups,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,7 +66,9 @@ impl Decision {
 impl Policy {
     /// Compiles the rules; an error names the key and rule that make no sense.
     pub fn new(cfg: &PolicyConfig) -> anyhow::Result<Policy> {
-        let (internal, rules) = rules::compile(cfg).map_err(anyhow::Error::msg)?;
+        let groups = groups::Groups::compile(cfg).map_err(anyhow::Error::msg)?;
+        let (internal, rules) =
+            rules::compile_with_groups(cfg, &groups).map_err(anyhow::Error::msg)?;
         // serde_json of the whole section is canonical enough: field order is the struct's,
         // and any change an admin can make to behaviour changes these bytes.
         let canonical = serde_json::to_vec(cfg)?;
@@ -72,6 +78,7 @@ impl Policy {
             internal,
             rules,
             version,
+            groups,
         })
     }
 
@@ -180,13 +187,37 @@ impl Policy {
     /// The decision for one message. The envelope's recipients do not change what the message
     /// shows (they matter to the plan); its sender is a rule condition.
     pub fn decide(&self, message: &Message, envelope: &Envelope) -> Result<Decision, Unreadable> {
+        self.decide_as(message, envelope, None)
+    }
+
+    /// [`Policy::decide`] knowing the SMTP AUTH user (rules may name users and groups).
+    pub fn decide_as(
+        &self,
+        message: &Message,
+        envelope: &Envelope,
+        auth_user: Option<&str>,
+    ) -> Result<Decision, Unreadable> {
         let v = visible::find_visible_in(&message.header())?;
-        Ok(self.decide_visible(&envelope.sender, v))
+        Ok(self.decide_sender(&sender_of(message, envelope, auth_user), v))
     }
 
     /// The decision for an already-found visible set (pure: no message bytes).
     pub fn decide_visible(&self, sender: &str, v: Visible) -> Decision {
-        let outcome = rules::evaluate(&self.internal, &self.rules, sender, &v);
+        let s = sender::Sender {
+            envelope: sender.to_string(),
+            ..Default::default()
+        };
+        self.decide_sender(&s, v)
+    }
+
+    /// The groups the rules and the override may name.
+    pub fn groups(&self) -> &groups::Groups {
+        &self.groups
+    }
+
+    /// The decision for an already-found visible set, knowing who sent it.
+    pub fn decide_sender(&self, sender: &sender::Sender, v: Visible) -> Decision {
+        let outcome = rules::evaluate_sender(&self.internal, &self.rules, sender, &v);
         let rule = outcome.rule.and_then(|i| self.rules.get(i));
         let reason = self.reason(rule, &outcome);
         let action = rule.map_or(Action::Accept, |r| r.action);
@@ -246,6 +277,24 @@ impl Policy {
         }
         s.push('.');
         s
+    }
+}
+
+/// Who sent `message`: the envelope sender, the From: field's first address (read with our own
+/// address reader; an unreadable From: simply has none) and the AUTH user.
+pub fn sender_of(
+    message: &Message,
+    envelope: &Envelope,
+    auth_user: Option<&str>,
+) -> sender::Sender {
+    let from_header = message
+        .field("From")
+        .and_then(|v| address::parse_address_list(v).ok())
+        .and_then(|l| l.addresses.into_iter().find(|a| !a.is_empty()));
+    sender::Sender {
+        envelope: envelope.sender.clone(),
+        from_header,
+        auth_user: auth_user.map(str::to_string),
     }
 }
 
