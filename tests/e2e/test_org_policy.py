@@ -1,0 +1,266 @@
+"""Organisation policy (issue 15) through the relay: conditions on who sent it (AUTH user, From:
+address, groups from a list, a file and a real OpenLDAP slapd), the directory going down mid-run
+(last good answer used, /healthz and metrics say so), audited overrides and translated notices."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import PASSWORD, USER
+from helpers import (
+    external_addresses,
+    fold_address_list,
+    free_port,
+    http_get,
+    load_message,
+    send_mail,
+    wait_for_port,
+    wait_until,
+)
+
+pytestmark = pytest.mark.policy
+
+EXTERNAL8 = external_addresses(8)
+BASE = "dc=example,dc=org"
+PRESS_DN = f"cn=press,ou=groups,{BASE}"
+
+
+def cc_message(tag: str, sender: str, cc=EXTERNAL8, extra: str = "") -> bytes:
+    raw = load_message("cc_external.eml", sender=sender, cc=fold_address_list(cc), tag=tag)
+    if extra:
+        raw = extra.encode() + raw
+    return raw
+
+
+def shown(m) -> bool:
+    """Whether the delivered copy still shows the Cc list unchanged."""
+    return bool(m.header("Cc")) and m.header("To") != ["undisclosed-recipients:;"]
+
+
+# --------------------------------------------------------------------------------------------
+# a real OpenLDAP slapd, foreground on 127.0.0.1, config and data in a temp dir
+
+
+class Slapd:
+    ADMIN = f"cn=admin,{BASE}"
+    SECRET = "directory-secret"
+
+    def __init__(self, workdir: Path):
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"ldap://127.0.0.1:{self.port}/"
+        self.proc = None
+        self.password_file = self.dir / "bind.pw"
+        self.password_file.write_text(self.SECRET + "\n")
+        self.password_file.chmod(0o600)
+
+    def start(self, load: bool = True) -> "Slapd":
+        slapd = shutil.which("slapd") or "/usr/sbin/slapd"
+        if not Path(slapd).exists():
+            pytest.skip("slapd not installed (tests/install-deps installs it)")
+        db = self.dir / "db"
+        db.mkdir(exist_ok=True)
+        conf = self.dir / "slapd.conf"
+        conf.write_text(
+            "include /etc/ldap/schema/core.schema\n"
+            "include /etc/ldap/schema/cosine.schema\n"
+            "include /etc/ldap/schema/inetorgperson.schema\n"
+            "modulepath /usr/lib/ldap\nmoduleload back_mdb\nmoduleload memberof\n"
+            f"pidfile {self.dir / 'slapd.pid'}\n"
+            f"database mdb\nsuffix \"{BASE}\"\nrootdn \"{self.ADMIN}\"\nrootpw {self.SECRET}\n"
+            f"directory {db}\noverlay memberof\n"
+        )
+        self.log = open(self.dir / "slapd.log", "ab")
+        # -d keeps slapd in the foreground (no system daemon, stopped by the test).
+        self.proc = subprocess.Popen([slapd, "-f", str(conf), "-h", self.url, "-d", "0"],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        wait_for_port(self.port, timeout=10, alive=lambda: self.proc.poll() is None)
+        if load:
+            self.add(LDIF)
+        return self
+
+    def add(self, ldif: str):
+        r = subprocess.run(["ldapadd", "-x", "-H", self.url, "-D", self.ADMIN, "-w", self.SECRET],
+                           input=ldif.encode(), capture_output=True, timeout=20)
+        assert r.returncode == 0, r.stderr.decode(errors="replace")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+        if getattr(self, "log", None):
+            self.log.close()
+
+
+def person(uid: str, mail: str) -> str:
+    return (f"dn: uid={uid},ou=people,{BASE}\nobjectClass: inetOrgPerson\nuid: {uid}\n"
+            f"cn: {uid}\nsn: {uid}\nmail: {mail}\n\n")
+
+
+LDIF = (
+    f"dn: {BASE}\nobjectClass: dcObject\nobjectClass: organization\no: Example\ndc: example\n\n"
+    f"dn: ou=people,{BASE}\nobjectClass: organizationalUnit\nou: people\n\n"
+    f"dn: ou=groups,{BASE}\nobjectClass: organizationalUnit\nou: groups\n\n"
+    + person("pat", "pat@example.org")
+    + person("bob", "bob@example.org")
+    # alice's directory mail differs from the address she sends with: only her login (uid) matches.
+    + person("alice", "alice.smith@example.org")
+    + f"dn: {PRESS_DN}\nobjectClass: groupOfNames\ncn: press\n"
+      f"member: uid=pat,ou=people,{BASE}\nmember: uid=alice,ou=people,{BASE}\n\n"
+    + f"dn: cn=board,ou=groups,{BASE}\nobjectClass: groupOfNames\ncn: board\n"
+      f"member: uid=bob,ou=people,{BASE}\n\n"
+)
+
+
+@pytest.fixture
+def slapd(harness, tmp_path):
+    s = Slapd(tmp_path / "slapd").start()
+    harness.cleanups.append(s.stop)
+    return s
+
+
+def directory_config(s: Slapd, ttl: int = 1) -> dict:
+    return {"name": "corp", "url": s.url, "bind_dn": s.ADMIN, "bind_password_file": str(s.password_file),
+            "base_dn": BASE, "mail_attribute": "mail", "login_attribute": "uid",
+            "ttl_seconds": ttl, "timeout_seconds": 2}
+
+
+def with_org_rules(rules: list, groups: dict | None = None, directories: list | None = None):
+    def mutate(cfg):
+        cfg["policy"]["rule"] = rules + cfg["policy"]["rule"]
+        if groups:
+            cfg["policy"]["groups"] = groups
+        if directories:
+            cfg["policy"]["directory"] = directories
+    return mutate
+
+
+# --------------------------------------------------------------------------------------------
+# conditions on who sent it
+
+
+def test_auth_user_condition(make_relay):
+    relay = make_relay(with_org_rules([
+        {"name": "alice-may-show", "auth_users": [USER], "action": "accept"}]))
+    # Authenticated as alice: her rule lets the Cc list through.
+    r = send_mail(relay.submission_port, "alice@example.org", EXTERNAL8,
+                  cc_message("auth-yes", "alice@example.org"), starttls=True, auth=(USER, PASSWORD))
+    assert r["data"].code == 250, r
+    # Same envelope sender without AUTH: the rule does not apply (a sender address is not a login).
+    r = send_mail(relay.smtp_port, "alice@example.org", EXTERNAL8, cc_message("auth-no", "alice@example.org"))
+    assert r["data"].code == 250, r
+    first, second = relay.upstream.wait_for(2)
+    assert shown(first), first.header("To")
+    assert not shown(second) and second.header("Cc") == []
+
+
+def test_from_header_conditions(make_relay):
+    relay = make_relay(with_org_rules([
+        {"name": "sales-reject", "from_header": ["*@sales.example.org"], "min_visible_external": 3,
+         "action": "reject", "message": "Sales: use the CRM mailing tool."},
+        {"name": "newsletter-ok", "except_from_header": ["*@sales.example.org"],
+         "senders": ["news@example.org"], "action": "accept"}]))
+    # Envelope sender is ordinary, but From: is sales: the From: rule refuses.
+    r = send_mail(relay.smtp_port, "bounce@example.org", EXTERNAL8, cc_message("from-sales", "ann@Sales.example.org"))
+    assert r["data"].code == 550 and "CRM" in r["data"].text, r
+    r = send_mail(relay.smtp_port, "news@example.org", EXTERNAL8, cc_message("from-news", "news@example.org"))
+    assert r["data"].code == 250, r
+    [m] = relay.upstream.wait_for(1)
+    assert shown(m)
+
+
+def test_groups_from_list_and_file(make_relay, tmp_path):
+    board = tmp_path / "board.txt"
+    board.write_text("# board members\nchair@example.org\n*@board.example.org\n")
+    relay = make_relay(with_org_rules(
+        [{"name": "board-split", "sender_groups": ["board"], "min_visible_external": 3, "action": "split"},
+         {"name": "pr-by-from", "sender_groups": ["pr"], "sender_groups_of": "from_header", "action": "accept"}],
+        groups={"board": {"file": str(board)}, "pr": ["pr@example.org"]}))
+    r = send_mail(relay.smtp_port, "x@board.example.org", EXTERNAL8[:3], cc_message("g-file", "x@board.example.org",
+                                                                                   cc=EXTERNAL8[:3]))
+    assert r["data"].code == 250, r
+    copies = relay.upstream.wait_for(3)
+    assert sorted(len(m.rcpts) for m in copies) == [1, 1, 1], "split: one copy per recipient"
+    r = send_mail(relay.smtp_port, "robot@example.org", EXTERNAL8, cc_message("g-from", "pr@example.org"))
+    assert r["data"].code == 250, r
+    m = relay.upstream.wait_for(4)[3]
+    assert shown(m)
+
+
+# --------------------------------------------------------------------------------------------
+# groups from a real directory
+
+
+def press_rules(s: Slapd, ttl: int = 1):
+    return with_org_rules(
+        [{"name": "press-may-show", "sender_groups": ["press"], "sender_groups_of": "any", "action": "accept"}],
+        groups={"press": {"ldap": "corp", "filter": f"(memberOf={PRESS_DN})"}},
+        directories=[directory_config(s, ttl)])
+
+
+def test_group_resolved_from_slapd(make_relay, slapd):
+    relay = make_relay(press_rules(slapd))
+    r = send_mail(relay.smtp_port, "pat@example.org", EXTERNAL8, cc_message("ldap-pat", "pat@example.org"))
+    assert r["data"].code == 250, r
+    r = send_mail(relay.smtp_port, "bob@example.org", EXTERNAL8, cc_message("ldap-bob", "bob@example.org"))
+    assert r["data"].code == 250, r
+    pat, bob = relay.upstream.wait_for(2)
+    assert shown(pat), "a press member's message goes out as written"
+    assert not shown(bob), "a non-member is rewritten by the default rule"
+    # The login name from the directory's uid attribute counts too (sender_groups_of = "any").
+    r = send_mail(relay.submission_port, "alice@example.org", EXTERNAL8,
+                  cc_message("ldap-login", "alice@example.org"), starttls=True, auth=(USER, PASSWORD))
+    assert r["data"].code == 250, r
+    assert shown(relay.upstream.wait_for(3)[2])
+    # Without the login, the same addresses are not in the group.
+    r = send_mail(relay.smtp_port, "alice@example.org", EXTERNAL8, cc_message("ldap-nologin", "alice@example.org"))
+    assert r["data"].code == 250, r
+    assert not shown(relay.upstream.wait_for(4)[3])
+    metrics = relay.metrics()
+    assert 'bccguard_directory_up{directory="corp"} 1' in metrics, metrics
+    status, body = http_get(relay.metrics_url + "/healthz")
+    assert status == 200 and "directory" not in body, body
+
+
+def test_directory_down_mid_run_keeps_last_good_answer(make_relay, slapd):
+    relay = make_relay(press_rules(slapd))
+    r = send_mail(relay.smtp_port, "pat@example.org", EXTERNAL8, cc_message("down-1", "pat@example.org"))
+    assert r["data"].code == 250, r
+    assert shown(relay.upstream.wait_for(1)[0])
+
+    slapd.stop()
+    wait_until(lambda: "directory 'corp' unreachable" in http_get(relay.metrics_url + "/healthz")[1],
+               timeout=15, what="/healthz to note the directory is down")
+    status, body = http_get(relay.metrics_url + "/healthz")
+    assert status == 200, "a directory outage degrades, it does not stop the relay"
+    assert "last good answer" in body, body
+    metrics = relay.metrics()
+    assert 'bccguard_directory_up{directory="corp"} 0' in metrics
+    failures = [l for l in metrics.splitlines() if l.startswith('bccguard_directory_failures_total{directory="corp"}')]
+    assert failures and float(failures[0].split()[-1]) >= 1, failures
+
+    # Still served from the last good answer: pat is in press, bob is not.
+    r = send_mail(relay.smtp_port, "pat@example.org", EXTERNAL8, cc_message("down-2", "pat@example.org"))
+    assert r["data"].code == 250, r
+    r = send_mail(relay.smtp_port, "bob@example.org", EXTERNAL8, cc_message("down-3", "bob@example.org"))
+    assert r["data"].code == 250, r
+    _, pat, bob = relay.upstream.wait_for(3)
+    assert shown(pat) and not shown(bob)
+
+    # Back up: the note goes away.
+    slapd.start(load=False)
+    wait_until(lambda: "directory" not in http_get(relay.metrics_url + "/healthz")[1],
+               timeout=15, what="/healthz to recover")
