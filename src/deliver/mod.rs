@@ -117,7 +117,9 @@ async fn run(
     };
 
     // Phase one of the audit: nothing is handed on unless the decision is on disk.
-    let audited = stages.audit.wants(decision.action, decision.mode);
+    // Every override request, allowed or ignored, is audited (issue 15).
+    let audited =
+        stages.audit.wants(decision.action, decision.mode) || decision.org.override_use.is_some();
     let decision_seq = if audited {
         match outcome::record_decision(stages, job, message, &decision).await {
             Ok(seq) => Some(seq),

@@ -84,6 +84,7 @@ mod tests {
             notify_sender: true,
             not_counted: vec![],
             lenient_fields: vec![],
+            org: Default::default(),
         };
         let hdr = b"From: a@example.org\r\nTo: secret@client.net\r\nSubject: Quarterly\r\n numbers\r\nMessage-ID: <m1@example.org>\r\n\r\n";
         let n = String::from_utf8(sender_notice("relay.example.org", "a@example.org", &d, hdr))

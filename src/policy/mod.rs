@@ -5,6 +5,7 @@
 pub mod address;
 pub mod directory;
 pub mod groups;
+pub mod overrides;
 pub mod rules;
 pub mod sender;
 pub mod visible;
@@ -25,6 +26,7 @@ pub struct Policy {
     rules: Vec<Rule>,
     version: String,
     groups: groups::Groups,
+    override_: Option<overrides::Override>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +52,8 @@ pub struct Decision {
     pub not_counted: Vec<String>,
     /// Header fields the finder could not read strictly and counted on the safe side.
     pub lenient_fields: Vec<String>,
+    /// Organisation policy: override used or refused, markers to strip, notice language.
+    pub org: overrides::OrgDetail,
 }
 
 impl Decision {
@@ -69,6 +73,8 @@ impl Policy {
         let groups = groups::Groups::compile(cfg).map_err(anyhow::Error::msg)?;
         let (internal, rules) =
             rules::compile_with_groups(cfg, &groups).map_err(anyhow::Error::msg)?;
+        let override_ =
+            overrides::Override::compile(&cfg.override_, &groups).map_err(anyhow::Error::msg)?;
         // serde_json of the whole section is canonical enough: field order is the struct's,
         // and any change an admin can make to behaviour changes these bytes.
         let canonical = serde_json::to_vec(cfg)?;
@@ -79,6 +85,7 @@ impl Policy {
             rules,
             version,
             groups,
+            override_,
         })
     }
 
@@ -198,7 +205,12 @@ impl Policy {
         auth_user: Option<&str>,
     ) -> Result<Decision, Unreadable> {
         let v = visible::find_visible_in(&message.header())?;
-        Ok(self.decide_sender(&sender_of(message, envelope, auth_user), v))
+        let sender = sender_of(message, envelope, auth_user);
+        let mut d = self.decide_sender(&sender, v);
+        if let Some(o) = &self.override_ {
+            o.apply(message, &sender, &mut d);
+        }
+        Ok(d)
     }
 
     /// The decision for an already-found visible set (pure: no message bytes).
@@ -238,6 +250,7 @@ impl Policy {
             notify_sender: rule.is_some_and(|r| r.notify_sender),
             not_counted: outcome.not_counted,
             lenient_fields: v.lenient_fields,
+            org: Default::default(),
         }
     }
 

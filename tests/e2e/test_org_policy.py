@@ -15,6 +15,7 @@ import pytest
 
 from conftest import PASSWORD, USER
 from helpers import (
+    crlf,
     external_addresses,
     fold_address_list,
     free_port,
@@ -35,7 +36,7 @@ PRESS_DN = f"cn=press,ou=groups,{BASE}"
 def cc_message(tag: str, sender: str, cc=EXTERNAL8, extra: str = "") -> bytes:
     raw = load_message("cc_external.eml", sender=sender, cc=fold_address_list(cc), tag=tag)
     if extra:
-        raw = extra.encode() + raw
+        raw = crlf(extra) + raw
     return raw
 
 
@@ -264,3 +265,64 @@ def test_directory_down_mid_run_keeps_last_good_answer(make_relay, slapd):
     slapd.start(load=False)
     wait_until(lambda: "directory" not in http_get(relay.metrics_url + "/healthz")[1],
                timeout=15, what="/healthz to recover")
+
+
+# --------------------------------------------------------------------------------------------
+# audited override
+
+
+def override_config(cfg):
+    cfg["policy"]["groups"] = {"committee": ["chair@example.org"]}
+    cfg["policy"]["override"] = {"enabled": True, "users": [USER], "groups": ["committee"],
+                                 "identity": "any", "subject_tag": "show-recipients"}
+
+
+def decision_records(relay) -> list[dict]:
+    return [r for r in relay.audit_lines() if r.get("kind", "decision") == "decision"]
+
+
+def test_allowed_override_goes_out_unchanged_without_marker_and_is_audited(make_relay):
+    relay = make_relay(override_config)
+    msg = cc_message("ovr-ok", "alice@example.org",
+                     extra="X-Bccguard-Override: committee members, all know each other\n")
+    r = send_mail(relay.submission_port, "alice@example.org", EXTERNAL8, msg, starttls=True, auth=(USER, PASSWORD))
+    assert r["data"].code == 250, r
+    [m] = relay.upstream.wait_for(1)
+    assert shown(m), "an allowed override delivers the Cc list as written"
+    assert m.header("X-Bccguard-Override") == [], "the marker never leaves the relay"
+    assert b"all know each other" not in m.data
+    [rec] = wait_until(lambda: decision_records(relay) or None, timeout=5, what="audit record")
+    assert rec["action"] == "accept" and rec["rule"] == "many-external", rec
+    assert "Overridden by alice (reason: committee members, all know each other)" in rec["reason"], rec
+    assert rec["auth_user"] == USER
+
+    # A subject tag from a group member works the same; the tag is removed from the Subject.
+    msg = cc_message("ovr-subj", "chair@example.org").replace(
+        b"Subject: Invitation", b"Subject: [show-recipients: board circular] Invitation")
+    r = send_mail(relay.smtp_port, "chair@example.org", EXTERNAL8, msg)
+    assert r["data"].code == 250, r
+    m = relay.upstream.wait_for(2)[1]
+    assert shown(m)
+    assert m.header("Subject") == ["Invitation to our partner day (e2e)"], m.header("Subject")
+
+
+def test_override_from_someone_not_allowed_is_ignored_and_audited(make_relay):
+    relay = make_relay(override_config)
+    msg = cc_message("ovr-no", "bob@example.org", extra="X-Bccguard-Override: I know better\n")
+    r = send_mail(relay.smtp_port, "bob@example.org", EXTERNAL8, msg)
+    assert r["data"].code == 250, r
+    [m] = relay.upstream.wait_for(1)
+    assert not shown(m) and m.header("To") == ["undisclosed-recipients:;"], "the rule still applies"
+    assert m.header("X-Bccguard-Override") == [], "an ignored marker is stripped too"
+    [rec] = wait_until(lambda: decision_records(relay) or None, timeout=5, what="audit record")
+    assert rec["action"] == "rewrite", rec
+    assert "Override request ignored: bob@example.org may not override" in rec["reason"], rec
+
+    # Allowed user but no reason: ignored as well.
+    msg = cc_message("ovr-empty", "alice@example.org", extra="X-Bccguard-Override:  \n")
+    r = send_mail(relay.submission_port, "alice@example.org", EXTERNAL8, msg, starttls=True, auth=(USER, PASSWORD))
+    assert r["data"].code == 250, r
+    assert not shown(relay.upstream.wait_for(2)[1])
+    recs = wait_until(lambda: len(decision_records(relay)) == 2 and decision_records(relay), timeout=5,
+                      what="second audit record")
+    assert "no reason given" in recs[1]["reason"], recs[1]
