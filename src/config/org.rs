@@ -3,7 +3,6 @@
 //! `[policy.notices]`). Checked and compiled in `policy::groups`, `policy::directory`,
 //! `policy::overrides` and `policy::templates`.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -144,10 +143,21 @@ pub struct NoticesConfig {
     pub templates: Option<PathBuf>,
     #[serde(default = "default_language")]
     pub default_language: String,
-    /// `group-name-or-domain = "de"`; groups are tested first (in name order), then the domain
-    /// of the envelope sender.
+    /// `[[policy.notices.language]]` entries, tested in order (a list, not a table keyed by
+    /// domain: the config loader would split `example.de` at the dot).
+    #[serde(default, rename = "language")]
+    pub languages: Vec<LanguageChoice>,
+}
+
+/// Senders in these groups or domains (or their subdomains) get `lang`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LanguageChoice {
+    pub lang: String,
     #[serde(default)]
-    pub languages: BTreeMap<String, String>,
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub domains: Vec<String>,
 }
 
 fn default_language() -> String {

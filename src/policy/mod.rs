@@ -8,6 +8,7 @@ pub mod groups;
 pub mod overrides;
 pub mod rules;
 pub mod sender;
+pub mod templates;
 pub mod visible;
 
 use sha2::{Digest, Sha256};
@@ -27,6 +28,7 @@ pub struct Policy {
     version: String,
     groups: groups::Groups,
     override_: Option<overrides::Override>,
+    templates: Option<templates::Templates>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +77,8 @@ impl Policy {
             rules::compile_with_groups(cfg, &groups).map_err(anyhow::Error::msg)?;
         let override_ =
             overrides::Override::compile(&cfg.override_, &groups).map_err(anyhow::Error::msg)?;
+        let templates =
+            templates::Templates::compile(&cfg.notices, &groups).map_err(anyhow::Error::msg)?;
         // serde_json of the whole section is canonical enough: field order is the struct's,
         // and any change an admin can make to behaviour changes these bytes.
         let canonical = serde_json::to_vec(cfg)?;
@@ -86,6 +90,7 @@ impl Policy {
             version,
             groups,
             override_,
+            templates,
         })
     }
 
@@ -207,6 +212,13 @@ impl Policy {
         let v = visible::find_visible_in(&message.header())?;
         let sender = sender_of(message, envelope, auth_user);
         let mut d = self.decide_sender(&sender, v);
+        if let Some(t) = &self.templates {
+            let rule = d
+                .rule
+                .as_deref()
+                .and_then(|n| self.rules.iter().find(|r| r.name == n));
+            t.apply(message, &sender, rule, &mut d);
+        }
         if let Some(o) = &self.override_ {
             o.apply(message, &sender, &mut d);
         }

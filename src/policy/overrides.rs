@@ -26,6 +26,8 @@ pub struct OrgDetail {
     pub override_use: Option<OverrideUse>,
     /// Language of reject texts and notices (from `[policy.notices]`).
     pub language: Option<String>,
+    /// The sender notice from the language's template: (Subject, body with LF line ends).
+    pub notice: Option<(String, String)>,
 }
 
 /// One override request and what became of it.

@@ -22,11 +22,15 @@ from helpers import (
     http_get,
     load_message,
     send_mail,
+    to_toml,
     wait_for_port,
     wait_until,
 )
 
 pytestmark = pytest.mark.policy
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATES = ROOT / "config" / "templates"
 
 EXTERNAL8 = external_addresses(8)
 BASE = "dc=example,dc=org"
@@ -326,3 +330,67 @@ def test_override_from_someone_not_allowed_is_ignored_and_audited(make_relay):
     recs = wait_until(lambda: len(decision_records(relay)) == 2 and decision_records(relay), timeout=5,
                       what="second audit record")
     assert "no reason given" in recs[1]["reason"], recs[1]
+
+
+# --------------------------------------------------------------------------------------------
+# notices in the sender's language
+
+
+def notices_config(cfg):
+    cfg["policy"]["groups"] = {"deutsch": ["hans@example.org"]}
+    cfg["policy"]["notices"] = {"templates": str(TEMPLATES), "default_language": "en",
+                                "language": [{"lang": "de", "groups": ["deutsch"], "domains": ["example.de"]}]}
+    cfg["policy"]["rule"] = [
+        {"name": "too-many", "senders": ["*@example.de", "*@example.com"], "min_visible_external": 6,
+         "action": "reject"},
+        {"name": "hide-and-tell", "min_visible_external": 6, "action": "rewrite", "notify_sender": True},
+    ]
+
+
+def test_reject_in_the_senders_language(make_relay):
+    relay = make_relay(notices_config)
+    r = send_mail(relay.smtp_port, "anna@example.de", EXTERNAL8, cc_message("de-reject", "anna@example.de"))
+    final = r["data"]
+    assert final.code == 550 and final.status == "5.7.1", final
+    text = " ".join(final.text.split())
+    assert ("Nachricht nicht gesendet: Sie wuerde 8 externen Empfaengern die Adressen der anderen zeigen "
+            "(Regel 'too-many' erlaubt weniger als 6). Setzen Sie die Empfaenger in Bcc") in text, text
+    # The same rule for a sender without a configured language: the English template.
+    r = send_mail(relay.smtp_port, "joe@example.com", EXTERNAL8, cc_message("en-reject", "joe@example.com"))
+    text = " ".join(r["data"].text.split())
+    assert r["data"].code == 550 and "Message not sent: it would show 8 outside recipients" in text, text
+    assert relay.dumps(settle=0.3) == []
+
+
+def test_sender_notice_from_the_german_template(make_relay):
+    relay = make_relay(notices_config)
+    r = send_mail(relay.smtp_port, "hans@example.org", EXTERNAL8, cc_message("de-notice", "hans@example.org"))
+    assert r["data"].code == 250, r
+    msgs = relay.upstream.wait_for(2)
+    [notice] = [m for m in msgs if m.rcpts == ["hans@example.org"]]
+    assert notice.header("Subject") == ["Ihre Nachricht wurde mit geschuetzten Empfaengern versendet"]
+    body = notice.body.decode("utf-8")
+    assert "Betreff: Invitation to our partner day (e2e)" in body, body
+    assert "Beim nächsten Mal: Setzen Sie die Empfänger in Bcc" in body, body
+    for addr in EXTERNAL8:
+        assert addr not in body
+
+
+def test_config_check_refuses_unknown_placeholder(make_relay, tmp_path):
+    relay = make_relay(notices_config, start=False)
+    bad_templates = tmp_path / "templates"
+    shutil.copytree(TEMPLATES, bad_templates)
+    (bad_templates / "de" / "reject.txt").write_text("Nicht gesendet: {anzahl} Empfaenger\n")
+    cfg = relay.config
+    cfg["policy"]["notices"]["templates"] = str(bad_templates)
+    path = tmp_path / "bad.toml"
+    path.write_text(to_toml(cfg))
+    p = relay.cli("config", "check", "--config", str(path))
+    out = (p.stdout + p.stderr).decode(errors="replace")
+    assert p.returncode != 0, out
+    assert "{anzahl}" in out and "de/reject.txt" in out, out
+    # The shipped templates pass.
+    cfg["policy"]["notices"]["templates"] = str(TEMPLATES)
+    path.write_text(to_toml(cfg))
+    p = relay.cli("config", "check", "--config", str(path))
+    assert p.returncode == 0, (p.stdout + p.stderr).decode(errors="replace")
