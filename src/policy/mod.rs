@@ -4,6 +4,7 @@
 
 pub mod address;
 pub mod directory;
+pub mod explain;
 pub mod groups;
 pub mod overrides;
 pub mod rules;
@@ -232,6 +233,18 @@ impl Policy {
             ..Default::default()
         };
         self.decide_sender(&s, v)
+    }
+
+    /// Every rule's conditions for this message (for `check --explain`).
+    pub fn explain(
+        &self,
+        message: &Message,
+        envelope: &Envelope,
+        auth_user: Option<&str>,
+    ) -> Result<Vec<explain::RuleTrace>, Unreadable> {
+        let v = visible::find_visible_in(&message.header())?;
+        let sender = sender_of(message, envelope, auth_user);
+        Ok(explain::explain(&self.internal, &self.rules, &sender, &v))
     }
 
     /// The groups the rules and the override may name.

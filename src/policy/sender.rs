@@ -66,6 +66,27 @@ impl Who {
         }
     }
 
+    /// The identity this condition looked at, for `--explain` (e.g. `auth user carol`).
+    pub fn tested(&self, s: &Sender) -> String {
+        let or_none = |v: Option<&str>| v.unwrap_or("none").to_string();
+        match self {
+            Who::AuthUser(_) | Who::NotAuthUser(_) => {
+                format!("auth user {}", or_none(s.auth_user.as_deref()))
+            }
+            Who::FromHeader(_) | Who::NotFromHeader(_) => {
+                format!("From: {}", or_none(s.from_header.as_deref()))
+            }
+            Who::InGroup(_, of) | Who::NotInGroup(_, of) => {
+                let ids = s.identities(*of);
+                if ids.is_empty() {
+                    "nobody to test".to_string()
+                } else {
+                    format!("tested {}", ids.join(", "))
+                }
+            }
+        }
+    }
+
     pub fn in_words(&self) -> String {
         fn join<T: std::fmt::Display>(v: &[T], sep: &str) -> String {
             v.iter()

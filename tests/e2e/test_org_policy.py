@@ -44,6 +44,12 @@ def cc_message(tag: str, sender: str, cc=EXTERNAL8, extra: str = "") -> bytes:
     return raw
 
 
+def by_tag(msgs, tag: str):
+    """The delivered message made by cc_message(tag, ...) (the sink does not keep arrival order)."""
+    [m] = [m for m in msgs if f"<cc-{tag}@example.org>".encode() in m.data]
+    return m
+
+
 def shown(m) -> bool:
     """Whether the delivered copy still shows the Cc list unchanged."""
     return bool(m.header("Cc")) and m.header("To") != ["undisclosed-recipients:;"]
@@ -167,7 +173,8 @@ def test_auth_user_condition(make_relay):
     # Same envelope sender without AUTH: the rule does not apply (a sender address is not a login).
     r = send_mail(relay.smtp_port, "alice@example.org", EXTERNAL8, cc_message("auth-no", "alice@example.org"))
     assert r["data"].code == 250, r
-    first, second = relay.upstream.wait_for(2)
+    msgs = relay.upstream.wait_for(2)
+    first, second = by_tag(msgs, "auth-yes"), by_tag(msgs, "auth-no")
     assert shown(first), first.header("To")
     assert not shown(second) and second.header("Cc") == []
 
@@ -201,7 +208,7 @@ def test_groups_from_list_and_file(make_relay, tmp_path):
     assert sorted(len(m.rcpts) for m in copies) == [1, 1, 1], "split: one copy per recipient"
     r = send_mail(relay.smtp_port, "robot@example.org", EXTERNAL8, cc_message("g-from", "pr@example.org"))
     assert r["data"].code == 250, r
-    m = relay.upstream.wait_for(4)[3]
+    m = by_tag(relay.upstream.wait_for(4), "g-from")
     assert shown(m)
 
 
@@ -222,18 +229,19 @@ def test_group_resolved_from_slapd(make_relay, slapd):
     assert r["data"].code == 250, r
     r = send_mail(relay.smtp_port, "bob@example.org", EXTERNAL8, cc_message("ldap-bob", "bob@example.org"))
     assert r["data"].code == 250, r
-    pat, bob = relay.upstream.wait_for(2)
+    msgs = relay.upstream.wait_for(2)
+    pat, bob = by_tag(msgs, "ldap-pat"), by_tag(msgs, "ldap-bob")
     assert shown(pat), "a press member's message goes out as written"
     assert not shown(bob), "a non-member is rewritten by the default rule"
     # The login name from the directory's uid attribute counts too (sender_groups_of = "any").
     r = send_mail(relay.submission_port, "alice@example.org", EXTERNAL8,
                   cc_message("ldap-login", "alice@example.org"), starttls=True, auth=(USER, PASSWORD))
     assert r["data"].code == 250, r
-    assert shown(relay.upstream.wait_for(3)[2])
+    assert shown(by_tag(relay.upstream.wait_for(3), "ldap-login"))
     # Without the login, the same addresses are not in the group.
     r = send_mail(relay.smtp_port, "alice@example.org", EXTERNAL8, cc_message("ldap-nologin", "alice@example.org"))
     assert r["data"].code == 250, r
-    assert not shown(relay.upstream.wait_for(4)[3])
+    assert not shown(by_tag(relay.upstream.wait_for(4), "ldap-nologin"))
     metrics = relay.metrics()
     assert 'bccguard_directory_up{directory="corp"} 1' in metrics, metrics
     status, body = http_get(relay.metrics_url + "/healthz")
@@ -262,8 +270,8 @@ def test_directory_down_mid_run_keeps_last_good_answer(make_relay, slapd):
     assert r["data"].code == 250, r
     r = send_mail(relay.smtp_port, "bob@example.org", EXTERNAL8, cc_message("down-3", "bob@example.org"))
     assert r["data"].code == 250, r
-    _, pat, bob = relay.upstream.wait_for(3)
-    assert shown(pat) and not shown(bob)
+    msgs = relay.upstream.wait_for(3)
+    assert shown(by_tag(msgs, "down-2")) and not shown(by_tag(msgs, "down-3"))
 
     # Back up: the note goes away.
     slapd.start(load=False)
@@ -305,7 +313,7 @@ def test_allowed_override_goes_out_unchanged_without_marker_and_is_audited(make_
         b"Subject: Invitation", b"Subject: [show-recipients: board circular] Invitation")
     r = send_mail(relay.smtp_port, "chair@example.org", EXTERNAL8, msg)
     assert r["data"].code == 250, r
-    m = relay.upstream.wait_for(2)[1]
+    m = by_tag(relay.upstream.wait_for(2), "ovr-subj")
     assert shown(m)
     assert m.header("Subject") == ["Invitation to our partner day (e2e)"], m.header("Subject")
 
@@ -326,7 +334,7 @@ def test_override_from_someone_not_allowed_is_ignored_and_audited(make_relay):
     msg = cc_message("ovr-empty", "alice@example.org", extra="X-Bccguard-Override:  \n")
     r = send_mail(relay.submission_port, "alice@example.org", EXTERNAL8, msg, starttls=True, auth=(USER, PASSWORD))
     assert r["data"].code == 250, r
-    assert not shown(relay.upstream.wait_for(2)[1])
+    assert not shown(by_tag(relay.upstream.wait_for(2), "ovr-empty"))
     recs = wait_until(lambda: len(decision_records(relay)) == 2 and decision_records(relay), timeout=5,
                       what="second audit record")
     assert "no reason given" in recs[1]["reason"], recs[1]
@@ -394,3 +402,39 @@ def test_config_check_refuses_unknown_placeholder(make_relay, tmp_path):
     path.write_text(to_toml(cfg))
     p = relay.cli("config", "check", "--config", str(path))
     assert p.returncode == 0, (p.stdout + p.stderr).decode(errors="replace")
+
+
+# --------------------------------------------------------------------------------------------
+# explain
+
+
+def test_check_explain_names_matched_rule_conditions_and_skipped_rules(make_relay, tmp_path):
+    relay = make_relay(with_org_rules(
+        [{"name": "board-may-show", "sender_groups": ["board"], "sender_groups_of": "auth_user", "action": "accept"}],
+        groups={"board": ["carol"]}))
+    msg = tmp_path / "m.eml"
+    msg.write_bytes(cc_message("explain", "bob@example.org"))
+    p = relay.cli("check", "--config", str(relay.config_path), "--explain", "--json", "--auth-user", "bob", str(msg))
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    trace = {t["rule"]: t for t in out["explain"]}
+    assert trace["board-may-show"]["result"] == "skipped"
+    assert trace["board-may-show"]["conditions"] == [
+        {"condition": "authenticated user is in group 'board' (tested bob)", "held": False}]
+    assert trace["split-sender"]["result"] == "skipped"
+    assert "envelope sender is splitter@example.org (it is bob@example.org)" in trace["split-sender"]["why"]
+    assert trace["many-external"]["result"] == "matched"
+    assert {"condition": "6 or more outside addresses (counted 8)", "held": True} in trace["many-external"]["conditions"]
+    assert out["rule"] == "many-external"
+    # As carol the board rule matches and the later rules are not reached.
+    p = relay.cli("check", "--config", str(relay.config_path), "--explain", "--auth-user", "carol", str(msg))
+    text = p.stdout.decode()
+    assert "1. 'board-may-show': matched (every condition held)" in text, text
+    assert "'many-external': not reached (rule 'board-may-show' matched first)" in text, text
+
+    # The audit record of the relayed message names the rule and the conditions that held.
+    r = send_mail(relay.smtp_port, "bob@example.org", EXTERNAL8, cc_message("explain-audit", "bob@example.org"))
+    assert r["data"].code == 250, r
+    [rec] = relay.wait_audit(1)
+    assert rec["rule"] == "many-external"
+    assert "rule 'many-external' (6 or more outside addresses) hides them" in rec["reason"], rec
