@@ -175,6 +175,7 @@ impl Policy {
             }
             s.push_str(".\n");
         }
+        s.push_str(&self.describe_org());
         match &self.cfg.trace_header {
             Some(h) => s.push_str(&format!("Altered messages carry a \"{h}:\" trace field.\n")),
             None => s.push_str("No trace field is added to altered messages.\n"),
@@ -194,6 +195,59 @@ impl Policy {
             "DKIM: when a rewrite or split would break a signature over To/Cc: {dkim}.\n"
         ));
         s.push_str(&format!("Policy version: {}\n", self.version));
+        s
+    }
+
+    /// Groups, directories, override and notice languages in words (issue 15).
+    fn describe_org(&self) -> String {
+        let mut s = String::new();
+        for name in self.groups.names() {
+            if let Some(g) = self.groups.get(name) {
+                s.push_str(&format!("Group '{name}': {}.\n", g.origin()));
+            }
+        }
+        for d in self.groups.directories() {
+            s.push_str(&format!(
+                "Directory '{}': {}; groups refreshed in the background, the last good answer is used while it is down.\n",
+                d.name(),
+                if d.is_up() { "reachable" } else { "NOT reachable now" }
+            ));
+        }
+        let o = &self.cfg.override_;
+        if self.override_.is_some() {
+            let mut how = format!("a \"{}: <reason>\" field", o.header);
+            if let Some(t) = &o.subject_tag {
+                how.push_str(&format!(" or \"[{t}: <reason>]\" in the Subject"));
+            }
+            s.push_str(&format!(
+                "Override: {how} from {} (users: {}; groups: {}) lets a message show its recipients; a reason is required, the marker is removed, every request is audited.\n",
+                o.identity.as_str(),
+                if o.users.is_empty() { "-".to_string() } else { o.users.join(", ") },
+                if o.groups.is_empty() { "-".to_string() } else { o.groups.join(", ") },
+            ));
+        }
+        if let Some(dir) = &self.cfg.notices.templates {
+            s.push_str(&format!(
+                "Notices and reject texts: templates in {} (default language {}{}).\n",
+                dir.display(),
+                self.cfg.notices.default_language,
+                self.cfg
+                    .notices
+                    .languages
+                    .iter()
+                    .map(|l| format!(
+                        "; {} for {}",
+                        l.lang,
+                        [l.groups.join(", "), l.domains.join(", ")]
+                            .iter()
+                            .filter(|x| !x.is_empty())
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                    .collect::<String>()
+            ));
+        }
         s
     }
 
