@@ -63,8 +63,10 @@ class Slapd:
     ADMIN = f"cn=admin,{BASE}"
     SECRET = "directory-secret"
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, tls: dict | None = None):
         self.dir = workdir
+        self.tls = tls
+        self.tls_port = free_port() if tls else None
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"ldap://127.0.0.1:{self.port}/"
@@ -89,9 +91,16 @@ class Slapd:
             f"database mdb\nsuffix \"{BASE}\"\nrootdn \"{self.ADMIN}\"\nrootpw {self.SECRET}\n"
             f"directory {db}\noverlay memberof\n"
         )
+        urls = [self.url]
+        if self.tls:
+            # Global TLS settings go before `database`; slapd reads the key as this user.
+            text = conf.read_text()
+            conf.write_text(f"TLSCertificateFile {self.tls['certificate']}\n"
+                            f"TLSCertificateKeyFile {self.tls['private_key']}\n" + text)
+            urls.append(f"ldaps://127.0.0.1:{self.tls_port}/")
         self.log = open(self.dir / "slapd.log", "ab")
         # -d keeps slapd in the foreground (no system daemon, stopped by the test).
-        self.proc = subprocess.Popen([slapd, "-f", str(conf), "-h", self.url, "-d", "0"],
+        self.proc = subprocess.Popen([slapd, "-f", str(conf), "-h", " ".join(urls), "-d", "0"],
                                      stdout=self.log, stderr=subprocess.STDOUT)
         wait_for_port(self.port, timeout=10, alive=lambda: self.proc.poll() is None)
         if load:
@@ -438,3 +447,47 @@ def test_check_explain_names_matched_rule_conditions_and_skipped_rules(make_rela
     [rec] = relay.wait_audit(1)
     assert rec["rule"] == "many-external"
     assert "rule 'many-external' (6 or more outside addresses) hides them" in rec["reason"], rec
+
+
+def ca_and_leaf(d: Path) -> dict:
+    """A test CA and a localhost certificate it signed (webpki refuses a self-signed CA as a leaf)."""
+    d.mkdir(parents=True, exist_ok=True)
+    run = lambda *a: subprocess.run(list(a), check=True, capture_output=True, timeout=60, cwd=d)  # noqa: E731
+    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=bccguard test CA",
+        "-keyout", "ca.key", "-out", "ca.pem")
+    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+        "-keyout", "leaf.key", "-out", "leaf.csr")
+    (d / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
+    run("openssl", "x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-days", "2", "-extfile", "ext.cnf", "-out", "leaf.pem")
+    return {"certificate": str(d / "leaf.pem"), "private_key": str(d / "leaf.key"), "ca": str(d / "ca.pem")}
+
+
+@pytest.mark.parametrize("transport", ["ldaps", "starttls"])
+def test_group_from_slapd_over_tls(make_relay, harness, tmp_path, transport):
+    pki = ca_and_leaf(tmp_path / "pki")
+    s = Slapd(tmp_path / "slapd-tls", tls=pki).start()
+    harness.cleanups.append(s.stop)
+    d = directory_config(s)
+    d["ca_file"] = pki["ca"]
+    if transport == "ldaps":
+        d["url"] = f"ldaps://localhost:{s.tls_port}"
+    else:
+        d["url"] = f"ldap://localhost:{s.port}"
+        d["starttls"] = True
+
+    def mutate(cfg):
+        press_rules(s)(cfg)
+        cfg["policy"]["directory"] = [d]
+    relay = make_relay(mutate)
+    r = send_mail(relay.smtp_port, "pat@example.org", EXTERNAL8, cc_message("tls-pat", "pat@example.org"))
+    assert r["data"].code == 250, r
+    assert shown(relay.upstream.wait_for(1)[0]), "the group was read over " + transport
+    assert 'bccguard_directory_up{directory="corp"} 1' in relay.metrics()
+
+    # A certificate from another CA is refused: the lookup fails instead of trusting it.
+    other = ca_and_leaf(tmp_path / "other-pki")
+    d["ca_file"] = other["ca"]
+    relay2 = make_relay(mutate)
+    wait_until(lambda: "certificate" in http_get(relay2.metrics_url + "/healthz")[1], timeout=10,
+               what="/healthz to name the certificate problem")
