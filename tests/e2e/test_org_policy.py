@@ -491,3 +491,33 @@ def test_group_from_slapd_over_tls(make_relay, harness, tmp_path, transport):
     relay2 = make_relay(mutate)
     wait_until(lambda: "certificate" in http_get(relay2.metrics_url + "/healthz")[1], timeout=10,
                what="/healthz to name the certificate problem")
+
+
+def test_config_check_validates_directory_settings(make_relay, tmp_path):
+    relay = make_relay(start=False)
+    cfg = relay.config
+    pw = tmp_path / "pw"
+    pw.write_text("x\n")
+    base = {"name": "corp", "base_dn": BASE, "bind_dn": "cn=relay," + BASE, "bind_password_file": str(pw)}
+    cases = [
+        ({"url": "ldap://dc1.example.org"}, "starttls"),                       # bind password in clear text
+        ({"url": "http://dc1.example.org"}, "ldaps://"),
+        ({"url": "ldaps://dc1.example.org", "bind_password_file": str(tmp_path / "missing")}, "bind_password_file"),
+        ({"url": "ldaps://dc1.example.org", "ttl_seconds": 0}, "ttl_seconds"),
+    ]
+    path = tmp_path / "dir.toml"
+    for override, expect in cases:
+        cfg["policy"]["directory"] = [{**base, **override}]
+        path.write_text(to_toml(cfg))
+        p = relay.cli("config", "check", "--config", str(path))
+        out = (p.stdout + p.stderr).decode(errors="replace")
+        assert p.returncode != 0 and expect in out and "policy.directory[0]" in out, (override, out)
+    # A group naming a directory that does not exist, and a bad filter.
+    cfg["policy"]["directory"] = [{**base, "url": "ldaps://127.0.0.1:9", "timeout_seconds": 1}]
+    for group, expect in [({"ldap": "nope", "filter": "(cn=x)"}, "no [[policy.directory]] is named 'nope'"),
+                          ({"ldap": "corp", "filter": "cn=x"}, "in parentheses")]:
+        cfg["policy"]["groups"] = {"press": group}
+        path.write_text(to_toml(cfg))
+        p = relay.cli("config", "check", "--config", str(path))
+        out = (p.stdout + p.stderr).decode(errors="replace")
+        assert p.returncode != 0 and expect in out, out
