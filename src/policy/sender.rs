@@ -245,6 +245,18 @@ mod tests {
     }
 
     #[test]
+    fn except_auth_users_matches_unauthenticated_mail_too() {
+        let mut r = RuleConfig::new("not-crm", Action::Split);
+        r.except_auth_users = vec!["svc-crm".into()];
+        r.min_visible_external = Some(2);
+        let p = policy(vec![r]);
+        let d = |s: Sender| p.decide_sender(&s, many()).rule.unwrap_or_default();
+        assert_eq!(d(who("a@example.org", None, Some("SVC-CRM"))), "");
+        assert_eq!(d(who("a@example.org", None, Some("bob"))), "not-crm");
+        assert_eq!(d(who("a@example.org", None, None)), "not-crm");
+    }
+
+    #[test]
     fn unknown_group_is_refused_with_rule_and_key() {
         let mut r = RuleConfig::new("r", Action::Rewrite);
         r.sender_groups = vec!["nope".into()];

@@ -208,7 +208,9 @@ def test_groups_from_list_and_file(make_relay, tmp_path):
     board.write_text("# board members\nchair@example.org\n*@board.example.org\n")
     relay = make_relay(with_org_rules(
         [{"name": "board-split", "sender_groups": ["board"], "min_visible_external": 3, "action": "split"},
-         {"name": "pr-by-from", "sender_groups": ["pr"], "sender_groups_of": "from_header", "action": "accept"}],
+         {"name": "pr-by-from", "sender_groups": ["pr"], "sender_groups_of": "from_header", "action": "accept"},
+         {"name": "outsiders-refused", "except_sender_groups": ["board", "pr"], "senders": ["*@example.org"],
+          "action": "reject", "message": "Not on the board."}],
         groups={"board": {"file": str(board)}, "pr": ["pr@example.org"]}))
     r = send_mail(relay.smtp_port, "x@board.example.org", EXTERNAL8[:3], cc_message("g-file", "x@board.example.org",
                                                                                    cc=EXTERNAL8[:3]))
@@ -219,6 +221,12 @@ def test_groups_from_list_and_file(make_relay, tmp_path):
     assert r["data"].code == 250, r
     m = by_tag(relay.upstream.wait_for(4), "g-from")
     assert shown(m)
+    # except_sender_groups: a sender in neither group is refused, a board member (file) is not.
+    r = send_mail(relay.smtp_port, "z@example.org", EXTERNAL8[:2], cc_message("g-out", "z@example.org", cc=EXTERNAL8[:2]))
+    assert r["data"].code == 550 and "Not on the board." in r["data"].text, r
+    r = send_mail(relay.smtp_port, "chair@example.org", EXTERNAL8[:2], cc_message("g-except", "chair@example.org",
+                                                                                 cc=EXTERNAL8[:2]))
+    assert r["data"].code == 250, r
 
 
 # --------------------------------------------------------------------------------------------
