@@ -21,5 +21,6 @@ pub mod policy;
 pub mod relay;
 pub mod reply;
 pub mod rewrite;
+pub mod service;
 pub mod smtp;
 pub mod spool;

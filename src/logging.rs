@@ -19,7 +19,14 @@ use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber: `RUST_LOG`-style filter (default `info`), stderr, text or JSON.
 pub fn init(json: bool) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    init_with_level(json, None);
+}
+
+/// [`init`] with the config's `server.log_level` as the default filter (`RUST_LOG` still wins).
+pub fn init_with_level(json: bool, level: Option<&str>) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level.unwrap_or("info")))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     if json {
         builder

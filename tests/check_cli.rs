@@ -317,7 +317,10 @@ fn config_check_accepts_good_and_names_the_problem_in_bad() {
     assert_ne!(out.status.code(), Some(0));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("bad-rule.toml") && err.contains("policy.rule[1]") && err.contains("'never'"),
+        // Rules count from 1 in messages; the place is the rule's [[policy.rule]] line.
+        err.contains("bad-rule.toml:17:")
+            && err.contains("policy.rule[2]")
+            && err.contains("'never'"),
         "{err}"
     );
 

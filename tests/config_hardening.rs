@@ -132,7 +132,7 @@ fn wide_proxy_networks_are_refused() {
                 &format!("proxy_protocol = true\nproxy_networks = {nets}"),
                 None,
             ),
-            "listener[0].proxy_networks",
+            "listener[1].proxy_networks", // listeners count from 1 in messages
         );
         assert!(e.contains("PROXY header"), "{nets}: {e}");
     }

@@ -241,6 +241,31 @@ async fn healthz_follows_readiness() {
 }
 
 #[tokio::test]
+async fn livez_stays_up_while_readyz_reports_an_outage() {
+    let toggle = Arc::new(Toggle {
+        ready: AtomicBool::new(false),
+    });
+    let server = start(Arc::new(Metrics::new()), toggle.clone()).await;
+    // Upstream down: not ready (both names), but alive: a liveness probe must not restart us.
+    let r = request(server.addr, "GET", "/readyz", None).await;
+    assert_eq!(r.status, 503);
+    assert!(r.body.contains("upstream unreachable"), "{}", r.body);
+    assert_eq!(
+        request(server.addr, "GET", "/healthz", None).await.status,
+        503
+    );
+    let r = request(server.addr, "GET", "/livez", None).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "ok\n"));
+    toggle.ready.store(true, Ordering::SeqCst);
+    assert_eq!(
+        request(server.addr, "GET", "/readyz", None).await.status,
+        200
+    );
+    server.stop.send(true).unwrap();
+    server.task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
 async fn unknown_paths_and_methods() {
     let server = start(
         Arc::new(Metrics::new()),

@@ -34,6 +34,7 @@ fn visible(addrs: &[String]) -> Visible {
         addresses: addrs.to_vec(),
         bcc_present: false,
         lenient_fields: vec![],
+        attendees: vec![],
     }
 }
 
@@ -75,7 +76,7 @@ fn shipped_config_compiles_and_matches_its_intent() {
     );
     assert_eq!(
         d.reject_text.as_deref(),
-        Some("This message shows more than 20 outside addresses to each other. Put the recipients in Bcc and send it again.")
+        Some("This message shows 20 or more outside addresses to each other. Put the recipients in Bcc and send it again.")
     );
 }
 

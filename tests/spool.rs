@@ -982,7 +982,8 @@ fn spool_section_defaults_and_validation() {
     let path = tmp.path().join("bccguard.toml");
     std::fs::write(&path, base).unwrap();
     let c = bccguard::config::Config::load(&path).unwrap();
-    assert_eq!(c.spool.path, PathBuf::from("var/spool"));
+    // Relative to the config file's folder (SPEC 1).
+    assert_eq!(c.spool.path, tmp.path().join("var/spool"));
     assert_eq!(c.spool.max_lifetime_seconds, 432_000);
     assert_eq!(
         (c.spool.backoff_initial_seconds, c.spool.backoff_max_seconds),

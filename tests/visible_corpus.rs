@@ -1,14 +1,18 @@
 //! Corpus, stress and mutation tests for the visible-recipient finder.
 //!
-//! `tests/fixtures/visible/NNN-name.eml` holds a raw message; `NNN-name.expected` lists the
-//! expected visible addresses (one per line, in order) plus flag lines: `#bcc_present`,
-//! `#unreadable`, `#lenient` (optionally followed by the exact lenient field names).
-//! Expectations were written by hand from RFC 5322, not produced by the implementation.
+//! `tests/fixtures/visible/NNN-name.eml` holds a raw message; `NNN-name.expected` (the sidecar)
+//! lists the expected visible addresses (one per line, in order) plus flag lines: `#why` and a
+//! sentence saying what the fixture is about and why that is the answer (required),
+//! `#bcc_present`, `#unreadable`, `#lenient` (optionally followed by the exact lenient field
+//! names), `#attendees` followed by the expected calendar attendees (default: none).
+//! Expectations were written by hand from RFC 5322 and SPEC section 2 (what the readers people
+//! use show), not produced by the implementation.
 
 use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use bccguard::policy::address::canonical_domain;
 use bccguard::policy::visible::{find_visible, Visible};
 
 #[derive(Debug, Default)]
@@ -19,6 +23,8 @@ struct Expected {
     lenient: bool,
     /// `None`: any non-empty set of lenient fields is fine.
     lenient_names: Option<Vec<String>>,
+    attendees: Vec<String>,
+    why: String,
 }
 
 fn fixture_dir() -> PathBuf {
@@ -51,6 +57,8 @@ fn parse_expected(text: &str) -> Expected {
             let mut words = flag.split_whitespace();
             match words.next() {
                 Some("bcc_present") => e.bcc_present = true,
+                Some("why") => e.why = words.collect::<Vec<_>>().join(" "),
+                Some("attendees") => e.attendees = words.map(str::to_owned).collect(),
                 Some("unreadable") => e.unreadable = true,
                 Some("lenient") => {
                     e.lenient = true;
@@ -86,6 +94,12 @@ fn mismatch(
                     v.addresses, exp.addresses
                 ));
             }
+            if v.attendees != exp.attendees {
+                problems.push(format!(
+                    "attendees {:?}, expected {:?}",
+                    v.attendees, exp.attendees
+                ));
+            }
             if v.bcc_present != exp.bcc_present {
                 problems.push(format!(
                     "bcc_present {}, expected {}",
@@ -114,7 +128,16 @@ fn mismatch(
 #[test]
 fn corpus_matches_hand_written_expectations() {
     let all = fixtures();
-    assert!(all.len() >= 70, "only {} fixtures", all.len());
+    assert!(all.len() >= 300, "only {} fixtures", all.len());
+    let unexplained: Vec<&String> = all
+        .iter()
+        .filter(|(_, _, e)| e.why.len() < 10)
+        .map(|(n, _, _)| n)
+        .collect();
+    assert!(
+        unexplained.is_empty(),
+        "sidecars without #why: {unexplained:?}"
+    );
     let failures: Vec<String> = all
         .iter()
         .filter_map(|(name, raw, exp)| {
@@ -128,6 +151,28 @@ fn corpus_matches_hand_written_expectations() {
         all.len(),
         failures.join("\n")
     );
+}
+
+#[test]
+fn corpus_covers_every_reader_disagreement_class() {
+    let all = fixtures();
+    for (tag, min) in [
+        ("-ew-", 20),      // encoded words with raw or decoded address punctuation
+        ("-ewq-", 8),      // encoded words inside quoted strings
+        ("-bs-", 12),      // backslash escapes outside quoted strings
+        ("-cr-", 10),      // bare CR and CR-only line ends: refused
+        ("-phantom-", 25), // words without @domain are no mailboxes
+        ("-canon-", 20),   // case, trailing dot, IDN forms
+        ("-cal-", 40),     // calendar invitations
+    ] {
+        let n = all.iter().filter(|(name, _, _)| name.contains(tag)).count();
+        assert!(n >= min, "only {n} fixtures tagged {tag}");
+    }
+    let with_attendees = all
+        .iter()
+        .filter(|(_, _, e)| !e.attendees.is_empty())
+        .count();
+    assert!(with_attendees >= 30, "{with_attendees}");
 }
 
 #[test]
@@ -336,6 +381,19 @@ fn stress_lenient_paths() {
 }
 
 #[test]
+fn stress_encoded_word_and_backslash_readings() {
+    // Many word openers and one far-away closer (with a Q escape after it): every reading of
+    // the field must stay linear.
+    let value = format!("{}?=41 a@example.org", "=?".repeat(MIB / 2));
+    let v = find_visible(&message_with_to(value.as_bytes())).unwrap();
+    assert_eq!(v.addresses, ["a@example.org"]);
+    let value = repeat("=?utf-8?Q?\"a,b?= <x@example.org>, \\, ", MIB);
+    assert!(find_visible(&message_with_to(value.as_bytes())).is_ok());
+    let value = repeat("\"a\"b\"@x\"c ", MIB);
+    assert!(find_visible(&message_with_to(value.as_bytes())).is_ok());
+}
+
+#[test]
 fn stress_many_folded_lines() {
     let value: String = (0..100_000)
         .map(|i| format!("\r\n (c{i}) x{}@example.org,", i % 10))
@@ -396,8 +454,10 @@ fn check_invariants(v: &Visible) {
     );
     for a in &v.addresses {
         assert!(!a.is_empty());
+        // The domain is already in its one canonical spelling (IDNA-mapped, which is lower
+        // case except where Unicode says otherwise, e.g. Cherokee).
         if let Some((_, domain)) = a.rsplit_once('@').filter(|_| !a.ends_with('"')) {
-            assert_eq!(domain, domain.to_lowercase(), "{a}");
+            assert_eq!(domain, canonical_domain(domain), "{a}");
         }
     }
 }

@@ -239,7 +239,7 @@ impl AuditLog {
                     path = %cfg.path.display(),
                     last_seq = seq,
                     last_hash = %hash,
-                    recipients = ?cfg.recipients,
+                    recipients = %cfg.recipients,
                     "audit log open"
                 );
             }

@@ -8,8 +8,14 @@
 //! config is not read at all.
 //!
 //! `query` reads the configured log's file set and prints matching records, one line each, or
-//! the records as JSON lines with `--json`. `--since`/`--until` take RFC 3339 or `YYYY-MM-DD`
-//! (UTC; a date in `--until` includes that whole day). `--sender` matches the address
+//! the records as JSON lines with `--json`. `--since`/`--until` take relative times (`7d`,
+//! `12h`), `today`, `yesterday`, dates, dates with times, or RFC 3339 (UTC; see [`super::when`]).
+//! `--rule`, `--session` and `--message-id` match exactly (`--message-id` with or without `<>`).
+//! A log that does not exist is an error (exit 2), not an empty result.
+//!
+//! `report` counts what the policy did (or in monitor mode would have done) over a period, by
+//! rule, action, mode, sender domain and day: as text, `--json`, or `--csv` (one row per
+//! day, rule, action, mode and sender domain, for a spreadsheet's pivot table). `--sender` matches the address
 //! case-insensitively, or `*@domain`. `--recipient` matches plain records and, with the key
 //! file, pseudonymised ones (HMAC of the address as given and with its local part lower-cased).
 //!
@@ -26,6 +32,8 @@ use std::process::ExitCode;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use super::when::{parse_bound, within, Bound};
+
 use crate::audit::{self, HmacKey, Record, VerifyError, HMAC_PREFIX};
 use crate::config::{Action, Config, RecipientStorage, DEFAULT_CONFIG_PATH};
 
@@ -33,14 +41,14 @@ use crate::config::{Action, Config, RecipientStorage, DEFAULT_CONFIG_PATH};
 pub enum AuditCommand {
     /// Check the hash chain; exit 1 naming the first broken record.
     Verify {
-        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        #[arg(long, env = crate::config::CONFIG_ENV, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
         /// Audit log file (default: the configured one).
         path: Option<PathBuf>,
     },
     /// Search the audit log.
     Query {
-        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        #[arg(long, env = crate::config::CONFIG_ENV, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
         #[arg(long)]
         since: Option<String>,
@@ -52,8 +60,37 @@ pub enum AuditCommand {
         sender: Option<String>,
         #[arg(long)]
         recipient: Option<String>,
+        /// Records of this rule (by name).
+        #[arg(long)]
+        rule: Option<String>,
+        /// Records of this SMTP session id (as in the relay's log lines).
+        #[arg(long)]
+        session: Option<String>,
+        /// Records of this Message-ID (with or without the angle brackets).
+        #[arg(long)]
+        message_id: Option<String>,
         #[arg(long)]
         json: bool,
+    },
+    /// What the policy did (or would have done, in monitor mode) over a period.
+    Report {
+        #[arg(long, env = crate::config::CONFIG_ENV, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Start: 7d, 24h, today, yesterday, 2026-05-01, "2026-05-01 10:00", RFC 3339 (UTC).
+        #[arg(long)]
+        since: Option<String>,
+        /// End (same forms; a day includes all of it).
+        #[arg(long)]
+        until: Option<String>,
+        /// Audit log file (default: the configured one).
+        #[arg(long)]
+        log: Option<PathBuf>,
+        /// One JSON object.
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        /// CSV: day,rule,action,mode,sender_domain,count.
+        #[arg(long)]
+        csv: bool,
     },
 }
 
@@ -67,6 +104,9 @@ pub fn run(cmd: &AuditCommand) -> ExitCode {
             action,
             sender,
             recipient,
+            rule,
+            session,
+            message_id,
             json,
         } => {
             let cfg = match Config::load(config) {
@@ -76,22 +116,80 @@ pub fn run(cmd: &AuditCommand) -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let filter = match Filter::new(
+            let filter = Filter::new(
                 &cfg,
                 since.as_deref(),
                 until.as_deref(),
                 action.as_deref(),
                 sender.as_deref(),
                 recipient.as_deref(),
-            ) {
+            )
+            .map(|f| Filter {
+                rule: rule.clone(),
+                session: session.clone(),
+                message_id: message_id.as_deref().map(strip_angles),
+                ..f
+            });
+            let filter = match filter {
                 Ok(f) => f,
                 Err(e) => {
                     eprintln!("audit query: {e}");
                     return ExitCode::from(2);
                 }
             };
+            if let Err(e) = log_exists(&cfg.audit.path, Some(config)) {
+                eprintln!("audit query: {e}");
+                return ExitCode::from(2);
+            }
             run_query(&cfg.audit.path, &filter, *json)
         }
+        AuditCommand::Report {
+            config,
+            since,
+            until,
+            log,
+            json,
+            csv,
+        } => super::report::run(
+            config,
+            log.as_deref(),
+            since.as_deref(),
+            until.as_deref(),
+            if *json {
+                super::report::Format::Json
+            } else if *csv {
+                super::report::Format::Csv
+            } else {
+                super::report::Format::Text
+            },
+        ),
+    }
+}
+
+fn strip_angles(id: &str) -> String {
+    let id = id.trim();
+    id.strip_prefix('<')
+        .and_then(|i| i.strip_suffix('>'))
+        .unwrap_or(id)
+        .to_string()
+}
+
+/// A log with no file at all (current or rotated) is a wrong path, not an empty log.
+pub fn log_exists(path: &Path, config: Option<&Path>) -> Result<(), String> {
+    match audit::file_set(path) {
+        Ok(files) if !files.is_empty() => Ok(()),
+        Ok(_) => Err(format!(
+            "audit log {} does not exist{}",
+            path.display(),
+            match config {
+                Some(c) => format!(
+                    " (audit.path in {}; relative paths there are relative to the config file's folder)",
+                    c.display()
+                ),
+                None => String::new(),
+            }
+        )),
+        Err(e) => Err(format!("audit log {}: {e}", path.display())),
     }
 }
 
@@ -106,6 +204,10 @@ fn run_verify(config: &Path, path: Option<&Path>) -> ExitCode {
             }
         },
     };
+    if let Err(e) = log_exists(&path, None) {
+        eprintln!("audit verify: {e}");
+        return ExitCode::from(2);
+    }
     match audit::verify(&path) {
         Ok(r) => {
             match (r.first_seq, r.last_seq) {
@@ -162,42 +264,13 @@ fn run_verify(config: &Path, path: Option<&Path>) -> ExitCode {
     }
 }
 
-/// A time bound; `inclusive` is false for the day after an `--until` date.
-struct Bound {
-    at: OffsetDateTime,
-    inclusive: bool,
-}
-
-fn parse_bound(s: &str, is_until: bool) -> Result<Bound, String> {
-    if let Ok(at) = OffsetDateTime::parse(s, &Rfc3339) {
-        return Ok(Bound {
-            at,
-            inclusive: true,
-        });
-    }
-    let fmt = time::macros::format_description!("[year]-[month]-[day]");
-    let day = time::Date::parse(s, &fmt).map_err(|_| {
-        format!("`{s}` is neither RFC 3339 (2024-05-01T10:00:00Z) nor a date (2024-05-01)")
-    })?;
-    if is_until {
-        let next = day
-            .next_day()
-            .ok_or_else(|| format!("`{s}` is out of range"))?;
-        Ok(Bound {
-            at: next.midnight().assume_utc(),
-            inclusive: false,
-        })
-    } else {
-        Ok(Bound {
-            at: day.midnight().assume_utc(),
-            inclusive: true,
-        })
-    }
-}
-
 struct Filter {
     since: Option<Bound>,
     until: Option<Bound>,
+    rule: Option<String>,
+    session: Option<String>,
+    /// Without angle brackets.
+    message_id: Option<String>,
     action: Option<Action>,
     sender: Option<String>,
     /// Normalised forms of the address looked for.
@@ -218,12 +291,13 @@ impl Filter {
         sender: Option<&str>,
         recipient: Option<&str>,
     ) -> Result<Filter, String> {
+        let now = OffsetDateTime::now_utc();
         let since = since
-            .map(|s| parse_bound(s, false))
+            .map(|s| parse_bound(s, false, now))
             .transpose()
             .map_err(|e| format!("--since: {e}"))?;
         let until = until
-            .map(|s| parse_bound(s, true))
+            .map(|s| parse_bound(s, true, now))
             .transpose()
             .map_err(|e| format!("--until: {e}"))?;
         let action = action
@@ -265,6 +339,9 @@ impl Filter {
         Ok(Filter {
             since,
             until,
+            rule: None,
+            session: None,
+            message_id: None,
             action,
             sender: sender.map(|s| s.trim().to_string()),
             recipient_plain,
@@ -279,15 +356,23 @@ impl Filter {
             let Ok(t) = OffsetDateTime::parse(&r.time, &Rfc3339) else {
                 return false;
             };
-            if let Some(b) = &self.since {
-                if t < b.at {
-                    return false;
-                }
+            if !within(t, self.since.as_ref(), self.until.as_ref()) {
+                return false;
             }
-            if let Some(b) = &self.until {
-                if t > b.at || (!b.inclusive && t == b.at) {
-                    return false;
-                }
+        }
+        if self
+            .rule
+            .as_ref()
+            .is_some_and(|n| r.rule.as_ref() != Some(n))
+        {
+            return false;
+        }
+        if self.session.as_ref().is_some_and(|s| &r.session != s) {
+            return false;
+        }
+        if let Some(id) = &self.message_id {
+            if r.message_id.as_deref().map(strip_angles).as_ref() != Some(id) {
+                return false;
             }
         }
         if self.action.is_some_and(|a| a != r.action) {

@@ -1,4 +1,4 @@
-//! `bccguard check` (dry-run the policy on one message) and `bccguard config check`.
+//! `bccguard check` (dry-run the policy on one message). (`config check` is in `cli::config`.)
 //! `check` builds the same [`Message`] and runs the same plan as `serve`, so it reports what
 //! the relay does with the same bytes, refusals and their replies included.
 //!
@@ -7,7 +7,7 @@
 //! decision, or `{"error": "...", "kind": "config" | "input" | "unreadable" | "too_big",
 //! "smtp_reply": ...}` on exit 2 (the same text also goes to stderr); `smtp_reply` is the reply
 //! `serve` gives the same bytes. The file is read as a client would send it with DATA: LF line
-//! ends become CRLF, and DATA's rules (bare CR, lines over 1000 octets, size) apply. `config check` exits 0 when the config is valid and 1 otherwise.
+//! ends become CRLF, and DATA's rules (bare CR, lines over 1000 octets, size) apply.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -24,7 +24,7 @@ use crate::smtp::data::{receive_whole, DataError};
 
 #[derive(clap::Args, Debug)]
 pub struct CheckArgs {
-    #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+    #[arg(long, env = crate::config::CONFIG_ENV, default_value = DEFAULT_CONFIG_PATH)]
     pub config: PathBuf,
     /// Envelope sender. Default: the address in the message's From: field.
     #[arg(long)]
@@ -329,6 +329,7 @@ fn to_json_base(r: &Report) -> serde_json::Value {
         "bcc_header_stripped": d.bcc_header_stripped,
         "not_counted": d.not_counted,
         "lenient_fields": d.lenient_fields,
+        "visible_attendees": d.visible_attendees,
         "sender": r.sender,
         "sender_source": r.sender_source,
         "envelope_recipients": r.envelope,
@@ -442,28 +443,4 @@ fn explain_text(trace: &[crate::policy::explain::RuleTrace]) -> String {
         s.push_str("  no rule matched: the message is accepted unchanged\n");
     }
     s
-}
-
-pub fn run_config_check(path: &Path) -> ExitCode {
-    let cfg = match Config::load(path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("config error: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let policy = match Policy::new(&cfg.policy) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("config error: {}: {e:#}", path.display());
-            return ExitCode::from(1);
-        }
-    };
-    if let Err(e) = Rewriter::new(&cfg.policy) {
-        eprintln!("config error: {}: {e:#}", path.display());
-        return ExitCode::from(1);
-    }
-    println!("config OK: {}", path.display());
-    print!("{}", policy.describe());
-    ExitCode::SUCCESS
 }

@@ -1,5 +1,9 @@
-//! Offline commands for admins: `check`, `config check`, `audit verify|query`, `spool list|flush`, `passwd`.
+//! Offline commands for admins: `check`, `config check|show`, `audit verify|query|report`,
+//! `spool list|flush`, `passwd`.
 
 pub mod audit;
 pub mod check;
+pub mod config;
+pub mod report;
 pub mod spool;
+pub mod when;

@@ -20,7 +20,7 @@ use crate::spool::{self, SpoolEntryInfo};
 pub enum SpoolCommand {
     /// List the copies waiting for a retry.
     List {
-        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        #[arg(long, env = crate::config::CONFIG_ENV, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
         /// Spool folder (default: the configured `[spool] path`).
         #[arg(long)]
@@ -30,7 +30,7 @@ pub enum SpoolCommand {
     },
     /// Ask the running relay to retry every waiting copy now.
     Flush {
-        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        #[arg(long, env = crate::config::CONFIG_ENV, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
         /// Spool folder (default: the configured `[spool] path`).
         #[arg(long)]

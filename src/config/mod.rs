@@ -9,22 +9,32 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 pub mod checks;
+mod choice;
+mod load;
 pub mod networks;
 pub mod org;
 
-pub const DEFAULT_CONFIG_PATH: &str = "config/bccguard.toml";
+pub use load::{config_path, ordinal, Origins, Pos, CONFIG_ENV, DEFAULT_CONFIG_PATH, ENV_PREFIX};
+
+use choice::choices;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: {source}")]
-    Load {
+    #[error("cannot read config file {path}{hint}: {source}")]
+    Read {
         path: String,
+        hint: &'static str,
         #[source]
-        source: config::ConfigError,
+        source: std::io::Error,
     },
-    #[error("{path}: key `{key}`: {why}")]
+    #[error("{at}: not valid TOML: {why}")]
+    Syntax { at: String, why: String },
+    #[error("environment variable {var}: {why}")]
+    Env { var: String, why: String },
+    /// `at` is `file:line:col` or `environment variable NAME`; `key` is already worded.
+    #[error("{at}: key {key}: {why}")]
     Invalid {
-        path: String,
+        at: String,
         key: String,
         why: String,
     },
@@ -53,6 +63,9 @@ pub struct Config {
     /// The file this was loaded from, for messages; not a key.
     #[serde(skip)]
     pub source_path: PathBuf,
+    /// Where each value came from (file position or environment variable); not a key.
+    #[serde(skip)]
+    pub origins: Origins,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -76,6 +89,10 @@ pub struct ServerConfig {
     /// How long a graceful stop waits for transactions in flight before closing anyway.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace_seconds: u64,
+    /// Log verbosity: `error`, `warn`, `info`, `debug`, `trace`, or a `RUST_LOG`-style filter
+    /// (`info,bccguard::relay=debug`). `RUST_LOG`, when set, wins.
+    #[serde(default)]
+    pub log_level: Option<String>,
     /// Error replies (4xx/5xx) one session may get before it is disconnected with 421
     /// (Postfix `smtpd_hard_error_limit`, also 20). 0 = no limit.
     #[serde(default = "default_hard_error_limit")]
@@ -122,7 +139,7 @@ fn default_shutdown_grace() -> u64 {
     30
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TlsMode {
     None,
@@ -130,7 +147,7 @@ pub enum TlsMode {
     Implicit,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthRequirement {
     None,
@@ -336,7 +353,7 @@ impl UpstreamConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     #[default]
@@ -346,14 +363,11 @@ pub enum Mode {
 
 impl Mode {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Enforce => "enforce",
-            Mode::Monitor => "monitor",
-        }
+        self.as_choice()
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     #[default]
@@ -375,7 +389,7 @@ impl Action {
 }
 
 /// What a rewritten message shows in place of its recipients.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RewriteTo {
     /// `To: undisclosed-recipients:;`
@@ -386,7 +400,7 @@ pub enum RewriteTo {
 }
 
 /// What to do when a rewrite or split would break a DKIM signature that covers To or Cc.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DkimOnRewrite {
     /// Refuse the message (`550 5.7.1`): the sender must resend with Bcc.
@@ -508,6 +522,15 @@ pub struct RuleConfig {
     /// Whose membership `sender_groups` tests (default `envelope_sender`).
     #[serde(default)]
     pub sender_groups_of: org::GroupsOf,
+    /// For a `rewrite` rule: what to do with a calendar invitation instead, since hiding To/Cc
+    /// leaves every attendee listed in the invitation: "split" (one copy per invitee, each
+    /// listing only the organizer and that invitee) or "reject" (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calendar_action: Option<Action>,
+    /// This rule's own mode (e.g. `monitor` to trial it while the others enforce); default:
+    /// `policy.mode`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
 }
 
 impl RuleConfig {
@@ -531,11 +554,13 @@ impl RuleConfig {
             sender_groups: Vec::new(),
             except_sender_groups: Vec::new(),
             sender_groups_of: Default::default(),
+            calendar_action: None,
+            mode: None,
         }
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RecipientStorage {
     #[default]
@@ -585,6 +610,14 @@ impl Default for AuditConfig {
         }
     }
 }
+
+choices!(TlsMode { None = "none", Starttls = "starttls", Implicit = "implicit" });
+choices!(AuthRequirement { None = "none", Optional = "optional", Required = "required" });
+choices!(Mode { Enforce = "enforce", Monitor = "monitor" });
+choices!(Action { Accept = "accept", Rewrite = "rewrite", Split = "split", Reject = "reject" });
+choices!(RewriteTo { Undisclosed = "undisclosed", Sender = "sender" });
+choices!(DkimOnRewrite { Reject = "reject", Resign = "resign", Forward = "forward" });
+choices!(RecipientStorage { Hmac = "hmac", Plain = "plain", None = "none" });
 
 /// `[spool]`: where split copies wait when the upstream could not take them in-session, and how
 /// they are retried. See `crate::spool`.
@@ -692,40 +725,84 @@ pub struct MetricsConfig {
 }
 
 impl Config {
-    /// Loads `path` and applies `BCCGUARD__SECTION__KEY` overrides, then validates.
+    /// Loads `path`, applies `BCCGUARD__SECTION__KEY` overrides, resolves relative paths
+    /// against the file's folder, then validates (rules included). Errors name the file, line
+    /// and column (or the environment variable), the key and the valid values.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let shown = path.display().to_string();
-        let raw = config::Config::builder()
-            .add_source(config::File::from(path).format(config::FileFormat::Toml))
-            .add_source(
-                config::Environment::with_prefix("BCCGUARD")
-                    .prefix_separator("__")
-                    .separator("__")
-                    .try_parsing(true)
-                    .list_separator(",")
-                    .with_list_parse_key("server.relay_networks")
-                    .with_list_parse_key("policy.internal_domains"),
-            )
-            .build()
-            .map_err(|source| ConfigError::Load {
-                path: shown.clone(),
-                source,
-            })?;
-        let mut cfg: Config = raw.try_deserialize().map_err(|source| ConfigError::Load {
-            path: shown.clone(),
-            source,
-        })?;
-        cfg.source_path = path.to_path_buf();
+        let cfg = load::parse(path)?;
         cfg.validate()?;
         Ok(cfg)
     }
 
-    fn invalid(&self, key: &str, why: impl Into<String>) -> ConfigError {
-        ConfigError::Invalid {
-            path: self.source_path.display().to_string(),
-            key: key.to_string(),
-            why: why.into(),
+    /// An error about the key at `path` (0-based indices, e.g. `listener[0].tls`).
+    pub fn invalid(&self, key: &str, why: impl Into<String>) -> ConfigError {
+        self.origins.invalid(key, why)
+    }
+
+    /// The policy's own checks (they live with the rules), placed like every other error.
+    fn validate_policy(&self) -> Result<(), ConfigError> {
+        let Err(msg) = crate::policy::rules::compile(&self.policy) else {
+            return Ok(());
+        };
+        // Its messages start "key `policy.rule[i].field` (rule 'name'): why" (0-based).
+        let parsed = msg.strip_prefix("key `").and_then(|rest| {
+            let (key, rest) = rest.split_once('`')?;
+            let rest = match rest.strip_prefix(" (rule '") {
+                Some(r) => r.split_once("')").map_or(r, |(_, after)| after),
+                None => rest,
+            };
+            Some((
+                key.to_string(),
+                rest.trim_start_matches(':').trim().to_string(),
+            ))
+        });
+        Err(match parsed {
+            Some((key, why)) => self.invalid(&key, why),
+            None => self.invalid("policy", msg),
+        })
+    }
+
+    /// Two listeners (or a listener and the metrics endpoint) on one address can never both
+    /// bind; a metrics address must be `IP:port`.
+    fn validate_addresses(&self) -> Result<(), ConfigError> {
+        let mut taken: Vec<(String, SocketAddr)> = Vec::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            if let Ok(addr) = l.socket_addr() {
+                taken.push((format!("listener[{i}].address"), addr));
+            }
         }
+        if let Some(m) = &self.metrics {
+            let addr: SocketAddr = m.address.parse().map_err(|_| {
+                self.invalid(
+                    "metrics.address",
+                    format!(
+                        "`{}` is not an IP:port address (e.g. 127.0.0.1:9025)",
+                        m.address
+                    ),
+                )
+            })?;
+            taken.push(("metrics.address".to_string(), addr));
+        }
+        for (n, (key, addr)) in taken.iter().enumerate() {
+            if addr.port() == 0 {
+                continue;
+            }
+            for (earlier_key, earlier) in &taken[..n] {
+                let same_ip = addr.ip() == earlier.ip()
+                    || (addr.is_ipv4() == earlier.is_ipv4()
+                        && (addr.ip().is_unspecified() || earlier.ip().is_unspecified()));
+                if same_ip && addr.port() == earlier.port() {
+                    return Err(self.invalid(
+                        key,
+                        format!(
+                            "{addr} clashes with {earlier} of {}: both cannot listen on one port",
+                            self.origins.display_key(earlier_key)
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn relay_networks(&self) -> Result<Vec<IpNet>, ConfigError> {
@@ -865,6 +942,7 @@ impl Config {
                 ));
             }
         }
+        self.validate_addresses()?;
         self.upstream
             .host_port()
             .map_err(|why| self.invalid("upstream.address", why))?;
@@ -890,6 +968,7 @@ impl Config {
                 }
             }
         }
+        self.validate_policy()?;
         if self.policy.dkim.on_rewrite == DkimOnRewrite::Resign
             && (self.policy.dkim.private_key.is_none()
                 || self.policy.dkim.domain.is_none()
@@ -899,6 +978,16 @@ impl Config {
                 "policy.dkim.on_rewrite",
                 "`resign` needs policy.dkim.private_key, domain and selector",
             ));
+        }
+        if let Some(level) = &self.server.log_level {
+            if let Err(e) = tracing_subscriber::EnvFilter::try_new(level) {
+                return Err(self.invalid(
+                    "server.log_level",
+                    format!(
+                        "`{level}` is not a log level ({e}); use error, warn, info, debug or trace"
+                    ),
+                ));
+            }
         }
         if let Some((key, why)) = self.spool.problem() {
             return Err(self.invalid(key, why));

@@ -91,7 +91,7 @@ async fn run(
 ) -> Outcome {
     // Rules may name the AUTH user and groups (issue 15).
     let auth_user = job.client.auth_user.as_deref();
-    let decision = match rules.policy.decide_as(message, job.envelope, auth_user) {
+    let mut decision = match rules.policy.decide_as(message, job.envelope, auth_user) {
         Ok(d) => d,
         Err(unreadable) => {
             reset_upstream(held).await;
@@ -117,15 +117,22 @@ async fn run(
     };
 
     // Phase one of the audit: nothing is handed on unless the decision is on disk.
-    // Every override request, allowed or ignored, is audited (issue 15).
-    let audited =
-        stages.audit.wants(decision.action, decision.mode) || decision.org.override_use.is_some();
+    // A message an exemption let through is always recorded: the exemption is an intervention
+    // of its own (someone chose to let this list be shown). So is every override request (issue 15).
+    let audited = stages.audit.wants(decision.action, decision.mode)
+        || decision.exempted_by.is_some()
+        || decision.org.override_use.is_some();
+    let visible_count = decision.visible.len();
     let decision_seq = if audited {
-        match outcome::record_decision(stages, job, message, &decision).await {
+        // The list moves into the record (no copy); nothing after this reads more than its length.
+        let visible = std::mem::take(&mut decision.visible);
+        match outcome::record_decision(stages, job, message, &decision, visible).await {
             Ok(seq) => Some(seq),
             Err(()) => {
                 reset_upstream(held).await;
-                return Outcome::audit_failed(decision);
+                let mut failed = Outcome::audit_failed(decision);
+                failed.visible_count = Some(visible_count);
+                return failed;
             }
         }
     } else {
@@ -142,6 +149,7 @@ async fn run(
             .with_decision(decision),
     };
     outcome.decision_seq = decision_seq;
+    outcome.visible_count = Some(visible_count);
     if outcome.reply.is_positive() && notice_wanted(&outcome) {
         if let Some(d) = &outcome.decision {
             let notice = generated::notice::sender_notice(
@@ -179,7 +187,11 @@ async fn forward(held: &mut Option<UpstreamSession>, received: &str, send: &Send
             Sent::Nothing,
         );
     };
-    let parts = [received.as_bytes(), &send.message.header, send.message.body];
+    let parts = [
+        received.as_bytes(),
+        &send.message.header,
+        &send.message.body,
+    ];
     match up.data(&parts).await {
         Ok(r) if r.is_positive() => {
             let reply = Reply::new(
@@ -223,12 +235,17 @@ async fn split(
     let mut accepted = 0usize;
     let mut failures: Vec<(String, Reply)> = Vec::new();
     let mut pending = Vec::new();
+    let mut attempts_per_copy = COPY_ATTEMPTS;
     let mut last = None;
     for copy in copies {
         let Route::Single(rcpt) = &copy.route else {
             continue;
         };
-        let parts = [received.as_bytes(), &copy.message.header, copy.message.body];
+        let parts = [
+            received.as_bytes(),
+            &copy.message.header,
+            &copy.message.body,
+        ];
         let mut attempt = 0;
         let reply = loop {
             attempt += 1;
@@ -249,7 +266,7 @@ async fn split(
                     e.reply()
                 }
             };
-            if !reply.is_transient() || attempt >= COPY_ATTEMPTS {
+            if !reply.is_transient() || attempt >= attempts_per_copy {
                 break reply;
             }
             tokio::time::sleep(COPY_RETRY_DELAY * attempt).await;
@@ -258,6 +275,9 @@ async fn split(
             accepted += 1;
             last = Some((header_digest(&copy.message.header), reply));
         } else if reply.is_transient() {
+            // The upstream is failing right now: later copies get one try each before the
+            // spool, so a long split does not keep the client waiting for every retry.
+            attempts_per_copy = 1;
             pending.push((rcpt.clone(), parts, reply, attempt));
         } else {
             failures.push((rcpt.clone(), reply));

@@ -45,6 +45,9 @@ pub struct Outcome {
     pub decision_seq: Option<u64>,
     /// Split copies: accepted now, spooled for retry (durable), failed for good.
     pub copies: Option<Copies>,
+    /// Length of the decision's visible list when the list itself was moved into the decision
+    /// record (the decision then holds an empty list).
+    pub visible_count: Option<usize>,
 }
 
 impl Outcome {
@@ -58,6 +61,7 @@ impl Outcome {
             audit_failed: false,
             decision_seq: None,
             copies: None,
+            visible_count: None,
         }
     }
 
@@ -71,6 +75,7 @@ impl Outcome {
             audit_failed: true,
             decision_seq: None,
             copies: None,
+            visible_count: None,
         }
     }
 
@@ -84,6 +89,7 @@ impl Outcome {
             audit_failed: false,
             decision_seq: None,
             copies: None,
+            visible_count: None,
         }
     }
 
@@ -122,12 +128,15 @@ impl Outcome {
     }
 }
 
-/// The audit event every record of this message starts from.
+/// The audit event every record of this message starts from. `visible` is the decision's list,
+/// moved in by the caller: a header can show millions of addresses, and a copy here would double
+/// the largest structure of the message in flight (issue 11 item 4).
 fn base_event(
     job: &Job<'_>,
     message_id: Option<String>,
     header: &[u8],
     d: Option<&Decision>,
+    visible: Vec<String>,
 ) -> AuditEvent {
     AuditEvent {
         session: job.client.session_id.clone(),
@@ -135,11 +144,12 @@ fn base_event(
         auth_user: job.client.auth_user.clone(),
         sender: job.envelope.sender.clone(),
         message_id,
-        rule: d.and_then(|d| d.rule.clone()),
+        // A message an exemption let through is filed under the rule that exempted it.
+        rule: d.and_then(|d| d.rule.clone().or_else(|| d.exempted_by.clone())),
         action: d.map_or(Action::Reject, |d| d.action),
         mode: d.map_or(Mode::Enforce, |d| d.mode),
         reason: d.map_or_else(String::new, |d| d.reason.clone()),
-        visible: d.map_or_else(Vec::new, |d| d.visible.clone()),
+        visible,
         visible_external: d.map_or(0, |d| d.visible_external),
         external_domains: d.map_or(0, |d| d.external_domains),
         envelope_recipients: job.envelope.recipients.len(),
@@ -149,18 +159,21 @@ fn base_event(
     }
 }
 
-/// Phase one: the decision is durable before anything is handed to the upstream.
+/// Phase one: the decision is durable before anything is handed to the upstream. Takes the
+/// decision's visible list (see [`base_event`]); only its length is needed afterwards.
 pub async fn record_decision(
     stages: &Stages,
     job: &Job<'_>,
     message: &Message,
     d: &Decision,
+    visible: Vec<String>,
 ) -> Result<u64, ()> {
     let event = base_event(
         job,
         message.message_id(),
         message.header_fields_bytes(),
         Some(d),
+        visible,
     );
     let started = std::time::Instant::now();
     let written = stages.audit.record_decision(event).await;
@@ -204,6 +217,17 @@ async fn conclude(
     size: usize,
     mut outcome: Outcome,
 ) -> Reply {
+    // The one-shot record below is the list's last reader: it takes the list, the log line
+    // needs only its length.
+    let visible_count = outcome
+        .visible_count
+        .or_else(|| outcome.decision.as_ref().map(|d| d.visible.len()))
+        .unwrap_or(0);
+    let visible = outcome
+        .decision
+        .as_mut()
+        .map(|d| std::mem::take(&mut d.visible))
+        .unwrap_or_default();
     let d = outcome.decision.as_ref();
     let (action, rule, mode) = match d {
         Some(d) => (d.action, d.rule.as_deref(), d.mode),
@@ -218,7 +242,7 @@ async fn conclude(
 
     // The audit record: a refusal here is one complete record; a forwarded message its outcome.
     let audited = match d {
-        Some(d) => stages.audit.wants(d.action, d.mode),
+        Some(d) => stages.audit.wants(d.action, d.mode) || d.exempted_by.is_some(),
         None => true,
     };
     if let (Some(decision_seq), false) = (outcome.decision_seq, outcome.audit_failed) {
@@ -259,7 +283,7 @@ async fn conclude(
             tracing::error!("audit outcome not written (decision seq {decision_seq}): {e}");
         }
     } else if audited && !outcome.audit_failed {
-        let mut event = base_event(job, message_id.clone(), header, d);
+        let mut event = base_event(job, message_id.clone(), header, d, visible);
         if d.is_none() {
             event.rule = Some("unreadable-header".to_string());
             event.reason = outcome.reason.clone();
@@ -315,7 +339,7 @@ async fn conclude(
         decided = action.as_str(),
         mode = mode.as_str(),
         rule = rule.unwrap_or("-"),
-        visible = d.map_or(0, |d| d.visible.len()),
+        visible = visible_count,
         visible_external = d.map_or(0, |d| d.visible_external),
         rcpts = job.envelope.recipients.len(),
         copies_ok = copies.accepted,

@@ -118,6 +118,8 @@ mod tests {
             not_counted: vec![],
             lenient_fields: vec![],
             org: Default::default(),
+            visible_attendees: vec![],
+            exempted_by: None,
         };
         let hdr = b"From: a@example.org\r\nTo: secret@client.net\r\nSubject: Quarterly\r\n numbers\r\nMessage-ID: <m1@example.org>\r\n\r\n";
         let n = String::from_utf8(sender_notice("relay.example.org", "a@example.org", &d, hdr))

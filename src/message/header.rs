@@ -12,6 +12,11 @@ pub enum HeaderError {
     MalformedLine { line: usize },
     #[error("the message starts with a continuation line")]
     LeadingContinuation,
+    /// A CR not followed by LF (or CR-only line ends, as old Mac tools save). `serve` refuses
+    /// such data outright, and readers disagree on whether a bare CR ends a line, so the
+    /// header cannot be split for sure.
+    #[error("header line {line} contains a carriage return without line feed (bare CR)")]
+    BareCr { line: usize },
 }
 
 #[derive(Debug, Clone)]
@@ -39,7 +44,8 @@ pub struct HeaderSection<'a> {
     pub body_offset: usize,
 }
 
-/// Splits the header section. Accepts CRLF or LF line ends (files on disk often use LF).
+/// Splits the header section. Accepts CRLF or LF line ends (files on disk often use LF); a bare
+/// CR anywhere in the header section is refused.
 pub fn split(raw: &[u8]) -> Result<HeaderSection<'_>, HeaderError> {
     let mut fields: Vec<HeaderField<'_>> = Vec::new();
     let mut value_starts: Vec<usize> = Vec::new();
@@ -50,6 +56,9 @@ pub fn split(raw: &[u8]) -> Result<HeaderSection<'_>, HeaderError> {
         let line_end = memchr::memchr(b'\n', &raw[pos..]).map_or(raw.len(), |i| pos + i + 1);
         let line = &raw[pos..line_end];
         let content = trim_eol(line);
+        if memchr::memchr(b'\r', content).is_some() {
+            return Err(HeaderError::BareCr { line: line_no });
+        }
         if content.is_empty() {
             return Ok(HeaderSection {
                 fields,
@@ -123,6 +132,25 @@ mod tests {
             split(b"From: a@x\r\nT o b@y\r\n\r\n").unwrap_err(),
             HeaderError::MalformedLine { line: 2 }
         );
+    }
+
+    #[test]
+    fn refuses_bare_cr_and_cr_only_line_ends() {
+        assert_eq!(
+            split(b"From: a@x\r\nTo: b@y\rCc: c@z\r\n\r\n").unwrap_err(),
+            HeaderError::BareCr { line: 2 }
+        );
+        assert_eq!(
+            split(b"From: a@x\rTo: b@y\r\rbody\r").unwrap_err(),
+            HeaderError::BareCr { line: 1 }
+        );
+        // A CR inside a fold is as bare as anywhere else.
+        assert_eq!(
+            split(b"To: a@x,\r\n \rb@y\r\n\r\n").unwrap_err(),
+            HeaderError::BareCr { line: 2 }
+        );
+        // The body is not the splitter's business.
+        assert!(split(b"To: a@x\r\n\r\nbody\rmore\r\n").is_ok());
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The operations HTTP endpoint: `GET /metrics` (Prometheus text, or OpenMetrics when the scraper
-//! asks for it) and `GET /healthz` (200 "ok" when ready, 503 with the reasons otherwise).
+//! asks for it), `GET /readyz` (200 "ok" when ready, 503 with the reasons otherwise; `/healthz`
+//! is the same) and `GET /livez` (200 whenever the process can answer at all). A liveness probe
+//! must use `/livez`: an upstream outage makes the relay unready, and restarting it would not help.
 //! Plain HTTP/1.1 on a separate port, meant for loopback or a private network.
 
 use std::convert::Infallible;
@@ -138,11 +140,11 @@ async fn respond(
 ) -> Response<Full<Bytes>> {
     const PLAIN: &str = "text/plain; charset=utf-8";
     let path = req.uri().path();
-    if path != "/metrics" && path != "/healthz" {
+    if !matches!(path, "/metrics" | "/healthz" | "/readyz" | "/livez") {
         return text(
             StatusCode::NOT_FOUND,
             PLAIN,
-            "not found: try /metrics or /healthz\n",
+            "not found: try /metrics, /readyz (= /healthz) or /livez\n",
         );
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -169,6 +171,10 @@ async fn respond(
                 metrics.encode(),
             )
         };
+    }
+    if path == "/livez" {
+        // Answering at all is the proof: the runtime is not wedged.
+        return text(StatusCode::OK, PLAIN, "ok\n");
     }
     match tokio::time::timeout(HEALTH_TIMEOUT, health.check()).await {
         Ok(Ok(())) => {

@@ -8,9 +8,10 @@
 //! quoted-pairs unescaped, folds removed), written bare when it is a valid dot-atom (RFC 6532
 //! UTF-8 allowed) and otherwise as one quoted string with `"` and `\` escaped. `"john"@x` and
 //! `john@x` are therefore the same address; `"john smith"@x` stays quoted. The domain is
-//! lower-cased (Unicode lower case for dot-atoms, as IDNA maps upper to lower case anyway;
-//! ASCII for domain literals, whose inner whitespace is dropped). The local part keeps its case. An address with no `@` (old-style
-//! local name such as `postmaster`) is just its canonical local part.
+//! [`canonical_domain`]: IDNA-mapped (so upper case, A-labels and U-labels meet), written with
+//! U-labels, trailing dot dropped; domain literals are ASCII-lower-cased with inner whitespace
+//! dropped. The local part keeps its case. Words with no `@domain` (`postmaster`, `Smith`,
+//! `Undisclosed recipients`) are not mailboxes and yield nothing (SPEC section 2).
 //!
 //! # Which inputs get which answer
 //! - **Strict**: the field matches RFC 5322 `address-list` including the obsolete forms
@@ -26,21 +27,39 @@
 //!   separator, `@` in an unquoted display name, a display name followed by an address with no
 //!   `<>`, several `<>` in one element, group without its `;`, nested groups, an element with no
 //!   `@` at all). Addresses are then taken from the tokens directly:
-//!   every `<...>` gives the address inside it (route dropped); every `@` outside `<>` and
-//!   outside comments/quoted strings gives the longest `word *("." word) "@" domain` around it;
-//!   an element (between top-level `,`/`;`) that yields no address but has words that are not a
-//!   group name counts as one local-only address made of those words.
+//!   every `<...>` holding an `@` gives the address inside it (route dropped); every `@` outside
+//!   `<>` and outside comments/quoted strings gives the longest `word *("." word) "@" domain`
+//!   around it. Words without an `@` are display text, never a recipient.
 //!
 //! Why lenient never under-counts: every reading that keeps the RFC 5322 tokens (which are
 //! certain here) must build each addr-spec around its own `@` token, or take it from a `<...>`;
 //! it cannot split a `word.word` chain (a dangling `.` is no token boundary an address may end
 //! on) and it cannot join words that have no `.` between them. So each address of such a reading
-//! maps to a distinct `@` or `<>` we also take, with the same canonical text; and an element
-//! with no `@` can hold at most one address in any reading, which we count too.
+//! maps to a distinct `@` or `<>` we also take, with the same canonical text.
+//!
+//! # Other readers' readings (the union, SPEC section 2)
+//! Readers people use do not all lex like RFC 5322. Where a field holds one of the known
+//! disagreement classes, it is also read the way those readers read it, and the union of every
+//! reading is counted (the field is then reported lenient):
+//! - RFC 2047 encoded words: Python's `email` takes `=?...?=` as one word even when it holds a
+//!   raw `"`, `(`, `)` or `,` (and inside quoted strings); Thunderbird-style readers decode the
+//!   words first and then parse, so an encoded `,` or `<a@b>` becomes structure.
+//! - `\` outside quoted strings (`Smith\, John`, `\(`, `\"`), which Thunderbird honours as an
+//!   escape.
+//!
+//! An alternative reading whose tokens are themselves uncertain contributes every address-like
+//! `local@domain` text in its input instead ([`scavenge`]). A field the RFC lexer cannot read
+//! is refused as before, unless it holds encoded words and Python's reading of it is certain:
+//! then the readers plainly show mailboxes the RFC reading would hide, and every reading plus
+//! every address-like text is counted. Bare CR never reaches this module: the header splitter
+//! refuses it. The same holds for a field that only Thunderbird's backslash escapes make
+//! readable (`\"Boss <b@x>`).
 //!
 //! Cost is linear in the field length: one lexing pass (comment nesting is an explicit counter,
 //! never recursion) and parsers that only move forward; the lenient chain scans are bounded by
 //! the neighbouring `@` tokens, so every token is visited a constant number of times.
+
+use super::rfc2047;
 
 /// A field whose tokens cannot be determined with certainty.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -73,9 +92,150 @@ pub struct AddressList {
     pub lenient: bool,
 }
 
-/// Reads one address-list field value (everything after the colon, folds included).
+/// Reads one address-list field value (everything after the colon, folds included): the
+/// RFC 5322 reading, united with the lenient readers' readings where they can differ.
 pub fn parse_address_list(value: &[u8]) -> Result<AddressList, AddressError> {
-    let toks = lex(value)?;
+    let has_ew = memchr::memmem::find(value, b"=?").is_some();
+    let has_backslash = memchr::memchr(b'\\', value).is_some();
+    let primary = read(value, Lexing::RFC);
+    let glued = glued_quoted_at(value);
+    if !has_ew && !has_backslash && !glued {
+        return primary;
+    }
+    let decoded = if has_ew {
+        rfc2047::decode_all(value)
+    } else {
+        None
+    };
+    let mut readings: Vec<(&[u8], Lexing)> = Vec::new();
+    if has_backslash {
+        readings.push((value, Lexing::ESCAPES));
+    }
+    if has_ew {
+        readings.push((value, Lexing::ENCODED_WORDS));
+    }
+    if has_ew && has_backslash {
+        readings.push((value, Lexing::BOTH));
+    }
+    if let Some(d) = decoded.as_deref() {
+        readings.push((d, Lexing::RFC));
+        if memchr::memchr(b'\\', d).is_some() {
+            readings.push((d, Lexing::ESCAPES));
+        }
+    }
+    let (mut out, mut lenient) = match primary {
+        Ok(l) => (l.addresses, l.lenient || disagreement_class(value)),
+        Err(e) => {
+            // Unreadable for RFC readers, but a common reader's tokens are certain: the field
+            // plainly shows mailboxes, so count every reading plus every address-like text.
+            let other_certain = (has_ew && read(value, Lexing::ENCODED_WORDS).is_ok())
+                || (has_backslash && read(value, Lexing::ESCAPES).is_ok())
+                || (has_ew && has_backslash && read(value, Lexing::BOTH).is_ok());
+            if !other_certain {
+                return Err(e);
+            }
+            (scavenge(value), true)
+        }
+    };
+    let mut seen: std::collections::HashSet<String> = out.iter().cloned().collect();
+    // An encoded word that decodes to an address: some reader shows it as one, whatever the
+    // structure around it (Python re-renders decoded names and scripts parse that again).
+    if let Some(d) = decoded.as_deref() {
+        if rfc2047::words(value).iter().any(|(_, t)| t.contains(&b'@')) {
+            lenient = true;
+            for a in scavenge(d) {
+                if seen.insert(a.clone()) {
+                    out.push(a);
+                }
+            }
+        }
+    }
+    if glued {
+        // Python glues touching words into one obs-local-part and then shows the `@` inside
+        // the quotes as the address's own: count what that text shows without its quotes.
+        let unquoted: Vec<u8> = value
+            .iter()
+            .copied()
+            .filter(|&b| b != b'"' && b != b'\\')
+            .collect();
+        lenient = true;
+        for a in scavenge(&unquoted) {
+            if seen.insert(a.clone()) {
+                out.push(a);
+            }
+        }
+    }
+    for (text, mode) in readings {
+        let addresses = match read(text, mode) {
+            Ok(l) => {
+                lenient |= l.lenient;
+                l.addresses
+            }
+            Err(_) => {
+                lenient = true;
+                scavenge(text)
+            }
+        };
+        for a in addresses {
+            if seen.insert(a.clone()) {
+                out.push(a);
+                lenient = true;
+            }
+        }
+    }
+    Ok(AddressList {
+        addresses: out,
+        lenient,
+    })
+}
+
+/// Whether the field holds a construct on which common readers disagree even when their
+/// readings happen to give the same addresses: an encoded word with address punctuation in it
+/// (raw or decoded), an encoded word inside a quoted string, a backslash outside quotes.
+fn disagreement_class(value: &[u8]) -> bool {
+    const SPECIALS: &[u8] = b"\"(),<>@;:\\[]";
+    let words = rfc2047::words(value);
+    if words.iter().any(|(range, text)| {
+        value[range.clone()].iter().any(|b| SPECIALS.contains(b))
+            || text.iter().any(|b| SPECIALS.contains(b))
+    }) {
+        return true;
+    }
+    let Ok(toks) = lex(value, Lexing::RFC) else {
+        return true;
+    };
+    toks.iter().any(|t| match t.kind {
+        Kind::Other => value[t.start] == b'\\',
+        Kind::Quoted => !rfc2047::words(&value[t.start..t.end]).is_empty(),
+        _ => false,
+    })
+}
+
+/// Whether a quoted string holding an `@` touches a word with no space or punctuation between
+/// (`"a"b"@x"y`): readers that glue touching words read an address across the quotes.
+fn glued_quoted_at(value: &[u8]) -> bool {
+    if memchr::memchr(b'"', value).is_none() {
+        return false;
+    }
+    let Ok(toks) = lex(value, Lexing::RFC) else {
+        return false;
+    };
+    toks.iter().enumerate().any(|(i, t)| {
+        t.kind == Kind::Quoted
+            && memchr::memchr(b'@', &value[t.start..t.end]).is_some()
+            && (i
+                .checked_sub(1)
+                .and_then(|p| toks.get(p))
+                .is_some_and(|p| p.is_word() && p.end + 1 == t.start)
+                || toks
+                    .get(i + 1)
+                    .is_some_and(|n| n.is_word() && t.end + 1 == n.start))
+    })
+}
+
+/// One reading of a field: lex with `mode`, then the strict grammar, else the lenient one.
+fn read(value: &[u8], mode: Lexing) -> Result<AddressList, AddressError> {
+    let toks = lex(value, mode)?;
     let mut p = Strict {
         v: value,
         t: &toks,
@@ -110,6 +270,35 @@ enum Kind {
     Other,
 }
 
+/// How the lexer treats the two constructs readers disagree on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Lexing {
+    /// `\x` outside quoted strings and comments is an escaped `x` inside an atom (Thunderbird).
+    escapes: bool,
+    /// An RFC 2047 encoded word is one atom, specials inside it included, also inside quoted
+    /// strings (Python's `email`).
+    encoded_words: bool,
+}
+
+impl Lexing {
+    const RFC: Lexing = Lexing {
+        escapes: false,
+        encoded_words: false,
+    };
+    const ESCAPES: Lexing = Lexing {
+        escapes: true,
+        encoded_words: false,
+    };
+    const ENCODED_WORDS: Lexing = Lexing {
+        escapes: false,
+        encoded_words: true,
+    };
+    const BOTH: Lexing = Lexing {
+        escapes: true,
+        encoded_words: true,
+    };
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Tok {
     kind: Kind,
@@ -132,17 +321,34 @@ fn is_atext(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~".contains(&b) || b >= 0x80
 }
 
-fn lex(v: &[u8]) -> Result<Vec<Tok>, AddressError> {
+fn lex(v: &[u8], mode: Lexing) -> Result<Vec<Tok>, AddressError> {
     let mut toks = Vec::new();
+    let words = rfc2047::Finder::new(v);
     let mut i = 0;
     while i < v.len() {
         let b = v[i];
+        if mode.encoded_words && b == b'=' {
+            if let Some((end, _)) = words.word_at(i) {
+                toks.push(Tok {
+                    kind: Kind::Atom,
+                    start: i,
+                    end,
+                });
+                i = end;
+                continue;
+            }
+        }
         match b {
             // Folding: the splitter guarantees CR/LF only occur as part of a fold.
             b' ' | b'\t' | b'\r' | b'\n' => i += 1,
             b'(' => i = skip_comment(v, i)?,
             b'"' => {
-                let end = scan_delimited(v, i + 1, b'"').ok_or(AddressError::UnclosedQuote)?;
+                let end = if mode.encoded_words {
+                    scan_quoted_with_words(v, i + 1, &words)
+                } else {
+                    scan_delimited(v, i + 1, b'"')
+                }
+                .ok_or(AddressError::UnclosedQuote)?;
                 toks.push(Tok {
                     kind: Kind::Quoted,
                     start: i + 1,
@@ -172,10 +378,16 @@ fn lex(v: &[u8]) -> Result<Vec<Tok>, AddressError> {
                 });
                 i += 1;
             }
-            _ if is_atext(b) => {
+            _ if is_atext(b) || (mode.escapes && b == b'\\') => {
                 let start = i;
-                while i < v.len() && is_atext(v[i]) {
-                    i += 1;
+                while i < v.len() {
+                    if mode.escapes && v[i] == b'\\' {
+                        i = (i + 2).min(v.len());
+                    } else if is_atext(v[i]) {
+                        i += 1;
+                    } else {
+                        break;
+                    }
                 }
                 toks.push(Tok {
                     kind: Kind::Atom,
@@ -234,6 +446,23 @@ fn scan_delimited(v: &[u8], from: usize, close: u8) -> Option<usize> {
     None
 }
 
+/// Like [`scan_delimited`] for `"`, but an encoded word inside the quotes is skipped whole.
+fn scan_quoted_with_words(v: &[u8], from: usize, words: &rfc2047::Finder) -> Option<usize> {
+    let mut i = from;
+    while i < v.len() {
+        match v[i] {
+            b'\\' => i += 2,
+            b'"' => return Some(i),
+            b'=' => match words.word_at(i) {
+                Some((end, _)) => i = end,
+                None => i += 1,
+            },
+            _ => i += 1,
+        }
+    }
+    None
+}
+
 /// Semantic value of a quoted string or domain literal: quoted-pairs unescaped, folds removed
 /// (the CRLF of a fold is invisible; its whitespace stays, RFC 5322 3.2.4).
 fn unescape(raw: &[u8]) -> Vec<u8> {
@@ -258,7 +487,8 @@ fn unescape(raw: &[u8]) -> Vec<u8> {
 
 fn word_value(v: &[u8], t: &Tok) -> Vec<u8> {
     match t.kind {
-        Kind::Quoted => unescape(&v[t.start..t.end]),
+        // Atoms hold a `\` only in the escapes reading, where it is an escape.
+        Kind::Quoted | Kind::Atom => unescape(&v[t.start..t.end]),
         _ => v[t.start..t.end].to_vec(),
     }
 }
@@ -291,7 +521,26 @@ fn render_local(value: Vec<u8>) -> Result<String, AddressError> {
 
 fn render_domain_atoms(value: Vec<u8>) -> Result<String, AddressError> {
     let s = String::from_utf8(value).map_err(|_| AddressError::NotUtf8)?;
-    Ok(s.to_lowercase())
+    Ok(canonical_domain(&s))
+}
+
+/// The one spelling of a domain name: IDNA (UTS 46) mapped, so letter case, full-width forms
+/// and A-labels (`xn--...`) meet their U-label, written with U-labels; trailing dots (the DNS
+/// root) dropped. A name IDNA refuses keeps its Unicode lower case: it is still counted.
+/// Idempotent, so every stage can canonicalise again and get the same text.
+pub fn canonical_domain(domain: &str) -> String {
+    let trimmed = domain.trim_end_matches('.');
+    let d = if trimmed.is_empty() { domain } else { trimmed };
+    if d.is_ascii() && !d.contains("xn--") && !d.contains("XN--") && !d.contains("Xn--") {
+        return d.to_ascii_lowercase();
+    }
+    match idna::domain_to_ascii(d) {
+        Ok(ascii) => match idna::domain_to_unicode(&ascii) {
+            (unicode, Ok(())) => unicode,
+            (_, Err(_)) => ascii,
+        },
+        Err(_) => d.to_lowercase(),
+    }
 }
 
 fn render_literal(v: &[u8], t: &Tok) -> Result<String, AddressError> {
@@ -523,22 +772,14 @@ impl Strict<'_> {
 // ---------------------------------------------------------------------------------------------
 // Lenient safe-side reading (tokens certain, grammar not)
 
-#[derive(Default)]
-struct Element {
-    has_addr: bool,
-    /// Words that belong to no address and to no group name, as one local-only name.
-    loose: Vec<Tok>,
-}
-
 fn lenient(v: &[u8], t: &[Tok]) -> Result<Vec<String>, AddressError> {
     let mut out = Vec::new();
-    let mut elem = Element::default();
     let mut i = 0;
     let mut seg_start = 0;
     while i < t.len() {
         let tok = t[i];
         if tok.is(b'<') {
-            scan_segment(v, &t[seg_start..i], &mut out, &mut elem)?;
+            scan_segment(v, &t[seg_start..i], &mut out)?;
             let mut close = i + 1;
             loop {
                 match t.get(close) {
@@ -549,25 +790,18 @@ fn lenient(v: &[u8], t: &[Tok]) -> Result<Vec<String>, AddressError> {
                 }
             }
             let inner_start = skip_route(t, i + 1, close);
-            let mut inner = Element::default();
-            scan_segment(v, &t[inner_start..close], &mut out, &mut inner)?;
-            if !inner.has_addr && !inner.loose.is_empty() {
-                out.push(render_local(chain_value(v, &inner.loose))?);
-            }
-            elem.has_addr = true;
+            scan_segment(v, &t[inner_start..close], &mut out)?;
             i = close + 1;
             seg_start = i;
         } else if tok.is(b',') || tok.is(b';') {
-            scan_segment(v, &t[seg_start..i], &mut out, &mut elem)?;
-            finish_element(v, &mut out, &mut elem)?;
+            scan_segment(v, &t[seg_start..i], &mut out)?;
             i += 1;
             seg_start = i;
         } else {
             i += 1;
         }
     }
-    scan_segment(v, &t[seg_start..], &mut out, &mut elem)?;
-    finish_element(v, &mut out, &mut elem)?;
+    scan_segment(v, &t[seg_start..], &mut out)?;
     Ok(out)
 }
 
@@ -603,21 +837,8 @@ fn skip_route(t: &[Tok], from: usize, to: usize) -> usize {
     }
 }
 
-fn finish_element(v: &[u8], out: &mut Vec<String>, elem: &mut Element) -> Result<(), AddressError> {
-    if !elem.has_addr && !elem.loose.is_empty() {
-        out.push(render_local(chain_value(v, &elem.loose))?);
-    }
-    *elem = Element::default();
-    Ok(())
-}
-
 /// Reads a stretch of tokens with no `<`, `>`-pair, `,` or `;` in it.
-fn scan_segment(
-    v: &[u8],
-    t: &[Tok],
-    out: &mut Vec<String>,
-    elem: &mut Element,
-) -> Result<(), AddressError> {
+fn scan_segment(v: &[u8], t: &[Tok], out: &mut Vec<String>) -> Result<(), AddressError> {
     // `floor` is where the current run of unconsumed words/dots starts.
     let mut floor = 0;
     let mut j = 0;
@@ -641,25 +862,16 @@ fn scan_segment(
             if k == j {
                 return Err(AddressError::EmptyLocalPart);
             }
-            elem.loose.extend_from_slice(&t[floor..k]);
             let local = render_local(chain_value(v, &t[k..j]))?;
             let (domain, next) = lenient_domain(v, t, j + 1)?;
             out.push(format!("{local}@{domain}"));
-            elem.has_addr = true;
             j = next;
             floor = next;
             continue;
         }
-        if tok.is(b':') {
-            // Words before a ':' name a group: display text, not an address.
-            elem.loose.clear();
-        } else {
-            elem.loose.extend_from_slice(&t[floor..j]);
-        }
         j += 1;
         floor = j;
     }
-    elem.loose.extend_from_slice(&t[floor..]);
     Ok(())
 }
 
@@ -687,6 +899,37 @@ fn lenient_domain(v: &[u8], t: &[Tok], from: usize) -> Result<(String, usize), A
         value.extend_from_slice(&v[tok.start..tok.end]);
     }
     Ok((render_domain_atoms(value)?, k))
+}
+
+/// Every `local@domain` text in `v`, structure ignored: the reading of last resort for an
+/// alternative reading whose own tokens are uncertain (an unbalanced decoded quote, say).
+/// Over-counts display text that looks like an address; never misses one.
+fn scavenge(v: &[u8]) -> Vec<String> {
+    // A backslash may escape part of a local part for some readers (`a\@b@x`).
+    let local_byte = |b: u8| is_atext(b) || b == b'.' || b == b'\\';
+    let domain_byte = |b: u8| b.is_ascii_alphanumeric() || b"-._".contains(&b) || b >= 0x80;
+    let mut out = Vec::new();
+    for at in memchr::memchr_iter(b'@', v) {
+        let start = v[..at]
+            .iter()
+            .rposition(|&b| !local_byte(b))
+            .map_or(0, |i| i + 1);
+        let end = v[at + 1..]
+            .iter()
+            .position(|&b| !domain_byte(b))
+            .map_or(v.len(), |i| at + 1 + i);
+        let local = &v[start..at];
+        let domain = String::from_utf8_lossy(&v[at + 1..end]);
+        let domain = domain.trim_matches('.');
+        if local.is_empty() || domain.is_empty() {
+            continue;
+        }
+        let local = String::from_utf8_lossy(local).into_owned().into_bytes();
+        if let Ok(local) = render_local(local) {
+            out.push(format!("{local}@{}", canonical_domain(domain)));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -769,9 +1012,11 @@ mod tests {
         assert_eq!(lenient(" a@x; b@y"), ["a@x", "b@y"]);
         assert_eq!(lenient(" a@x <a@x>"), ["a@x", "a@x"]);
         assert_eq!(lenient(" John john@x"), ["john@x"]);
-        assert_eq!(lenient(" postmaster"), ["postmaster"]);
-        assert_eq!(lenient(" John Smith, a@b"), [r#""John Smith""#, "a@b"]);
-        assert_eq!(lenient(" <postmaster>"), ["postmaster"]);
+        assert_eq!(lenient(" postmaster"), Vec::<String>::new());
+        assert_eq!(lenient(" John Smith, a@b"), ["a@b"]);
+        assert_eq!(lenient(" <postmaster>"), Vec::<String>::new());
+        assert_eq!(lenient(" Smith, John <j@x>"), ["j@x"]);
+        assert_eq!(lenient(" \"Undisclosed recipients\""), Vec::<String>::new());
         assert_eq!(lenient(" Team: a@x, b@y"), ["a@x", "b@y"]);
         assert_eq!(lenient(" A: B: x@y;;"), ["x@y"]);
         assert_eq!(lenient(" john.@x, .j@y"), [r#""john."@x"#, r#"".j"@y"#]);
@@ -795,5 +1040,62 @@ mod tests {
         assert_eq!(err(" a@x, @y z"), AddressError::EmptyLocalPart);
         assert_eq!(err(" a@"), AddressError::EmptyDomain);
         assert_eq!(parse_address_list(b" \xff@x"), Err(AddressError::NotUtf8));
+    }
+
+    #[test]
+    fn encoded_word_with_raw_quote_counts_what_python_shows() {
+        // RFC lexing: the two raw quotes make one quoted string that swallows a@x and b@y.
+        let v = lenient(r#" =?utf-8?Q?"?= <a@x>, b@y, =?utf-8?Q?"?= <c@z>"#);
+        assert_eq!(v, ["c@z", "a@x", "b@y"]);
+        // An odd quote: the RFC reading is unreadable, Python's is certain, so count them all.
+        let v = lenient(r#" =?utf-8?Q?"Doe?= <a@x>, b@y, "Bar" <c@z>"#);
+        assert_eq!(v, ["a@x", "b@y", "c@z"]);
+        // Without encoded words an odd quote stays unreadable.
+        assert_eq!(err(r#" "Doe <a@x>, b@y"#), AddressError::UnclosedQuote);
+    }
+
+    #[test]
+    fn decoded_structure_is_counted_too() {
+        // Thunderbird-style decode-then-parse sees a second mailbox in the encoded name.
+        let v = lenient(" =?utf-8?Q?=3Cx=40evil=2Eexample=3E?= <a@x>");
+        assert_eq!(v, ["a@x", "x@evil.example"]);
+        // "Last, First" encoded with a comma: one mailbox, no phantom, field marked.
+        assert_eq!(lenient(" =?utf-8?Q?Smith,_John?= <john@x>"), ["john@x"]);
+        assert_eq!(lenient(" =?utf-8?Q?Smith=2C_John?= <john@x>"), ["john@x"]);
+        // An ordinary encoded name is neither lenient nor different.
+        assert_eq!(strict(" =?UTF-8?B?SsO2cmc=?= <j@x>"), ["j@x"]);
+        // Encoded word inside a quoted string: same mailbox, but readers disagree on it.
+        assert_eq!(lenient(r#" "=?utf-8?Q?M=C3=BCller?=" <h@x>"#), ["h@x"]);
+    }
+
+    #[test]
+    fn backslash_escapes_outside_quotes() {
+        // Unreadable for RFC readers (unclosed quote), certain with Thunderbird's escapes.
+        assert_eq!(
+            lenient(r#" \"Boss <boss@x>, staff@y"#),
+            ["boss@x", "staff@y"]
+        );
+        assert_eq!(lenient(r" \(Sales\) <s@x>"), ["s@x"]);
+        // A backslash inside quotes or comments is no disagreement.
+        assert_eq!(strict(r#" "Smith\, John" <j@x> (Smith\, J)"#), ["j@x"]);
+        assert_eq!(lenient(r" Smith\, John <j@x>"), ["j@x"]);
+        // RFC: `(` opens a comment that hides b@y; Thunderbird: `\(` is a literal.
+        assert_eq!(lenient(r" a\(b@y c) <a@x>"), ["a@x", r#""a(b"@y"#]);
+    }
+
+    #[test]
+    fn domains_are_canonical() {
+        assert_eq!(canonical_domain("Ext.Example."), "ext.example");
+        assert_eq!(canonical_domain("XN--BCHER-KVA.example"), "bücher.example");
+        assert_eq!(canonical_domain("BÜCHER.example"), "bücher.example");
+        assert_eq!(canonical_domain("xn--strae-oqa.example"), "straße.example");
+        assert_eq!(canonical_domain("Straße.example"), "straße.example");
+        assert_eq!(canonical_domain("ＥＸＡＭＰＬＥ.com"), "example.com");
+        assert_eq!(canonical_domain("xn--zz.example"), "xn--zz.example");
+        assert_eq!(
+            strict(" p@xn--bcher-kva.example, q@BÜCHER.EXAMPLE"),
+            ["p@bücher.example", "q@bücher.example"]
+        );
+        assert_eq!(lenient(" p@ext.example."), ["p@ext.example"]);
     }
 }

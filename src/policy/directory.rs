@@ -14,6 +14,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use rustls::pki_types::pem::PemObject;
 
 use crate::config::org::DirectoryConfig;
 
@@ -380,7 +381,7 @@ async fn fetch_all(
 fn tls_config(ca: &std::path::Path) -> Result<Arc<rustls::ClientConfig>, String> {
     let pem = std::fs::read(ca).map_err(|e| e.to_string())?;
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
         let cert = cert.map_err(|e| e.to_string())?;
         roots.add(cert).map_err(|e| e.to_string())?;
     }

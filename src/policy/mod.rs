@@ -3,10 +3,12 @@
 //! the admin's rules ([`rules`]); returns a [`Decision`] and never touches the message bytes.
 
 pub mod address;
+pub mod calendar;
 pub mod directory;
 pub mod explain;
 pub mod groups;
 pub mod overrides;
+pub mod rfc2047;
 pub mod rules;
 pub mod sender;
 pub mod templates;
@@ -57,6 +59,11 @@ pub struct Decision {
     pub lenient_fields: Vec<String>,
     /// Organisation policy: override used or refused, markers to strip, notice language.
     pub org: overrides::OrgDetail,
+    /// A rule that would have intervened but for its `except_senders` (and no later rule did):
+    /// the message goes out unchanged and is always audited.
+    pub exempted_by: Option<String>,
+    /// Calendar attendees among `visible` (invitations show them to every invitee).
+    pub visible_attendees: Vec<String>,
 }
 
 impl Decision {
@@ -108,6 +115,17 @@ impl Policy {
         &self.internal
     }
 
+    /// [`Policy::describe`] on one line (`" | "` between its lines), for logs: one event, one
+    /// line, so journald, syslog and grep keep it whole.
+    pub fn describe_one_line(&self) -> String {
+        self.describe()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" | ")
+    }
+
     /// The effective policy in words (for `config check` and the start-up log).
     pub fn describe(&self) -> String {
         let mut s = String::new();
@@ -123,12 +141,17 @@ impl Policy {
                 "Internal domains: none configured, so every recipient counts as outside.\n",
             ),
             d => s.push_str(&format!(
-                "Internal domains: {}{}.\n",
+                "Internal domains: {}{}{}.\n",
                 d.join(", "),
                 if self.internal.subdomains() {
                     " (and their subdomains)"
                 } else {
                     " (exactly; subdomains count as outside)"
+                },
+                if d.iter().any(|x| x.starts_with("*.")) {
+                    "; *.domain means only the subdomains of that domain"
+                } else {
+                    ""
                 }
             )),
         }
@@ -172,6 +195,15 @@ impl Policy {
             }
             if r.notify_sender {
                 s.push_str("; the sender gets a notice");
+            }
+            match self.cfg.rules.get(i).and_then(|rc| rc.mode) {
+                Some(Mode::Monitor) if self.cfg.mode == Mode::Enforce => s.push_str(
+                    "; this rule is in monitor mode (audited as 'would', not carried out)",
+                ),
+                Some(Mode::Enforce) if self.cfg.mode == Mode::Monitor => {
+                    s.push_str("; this rule enforces although the policy is in monitor mode")
+                }
+                _ => {}
             }
             s.push_str(".\n");
         }
@@ -264,7 +296,7 @@ impl Policy {
         envelope: &Envelope,
         auth_user: Option<&str>,
     ) -> Result<Decision, Unreadable> {
-        let v = visible::find_visible_in(&message.header())?;
+        let v = visible::find_visible_in(message.raw(), &message.header())?;
         let sender = sender_of(message, envelope, auth_user);
         let mut d = self.decide_sender(&sender, v);
         if let Some(t) = &self.templates {
@@ -296,7 +328,7 @@ impl Policy {
         envelope: &Envelope,
         auth_user: Option<&str>,
     ) -> Result<Vec<explain::RuleTrace>, Unreadable> {
-        let v = visible::find_visible_in(&message.header())?;
+        let v = visible::find_visible_in(message.raw(), &message.header())?;
         let sender = sender_of(message, envelope, auth_user);
         Ok(explain::explain(&self.internal, &self.rules, &sender, &v))
     }
@@ -310,15 +342,32 @@ impl Policy {
     pub fn decide_sender(&self, sender: &sender::Sender, v: Visible) -> Decision {
         let outcome = rules::evaluate_sender(&self.internal, &self.rules, sender, &v);
         let rule = outcome.rule.and_then(|i| self.rules.get(i));
-        let reason = self.reason(rule, &outcome);
-        let action = rule.map_or(Action::Accept, |r| r.action);
-        let reject_text = match rule {
+        // A rule may be trialled in monitor mode while the policy enforces (or the reverse).
+        let mode = outcome
+            .rule
+            .and_then(|i| self.cfg.rules.get(i))
+            .and_then(|r| r.mode)
+            .unwrap_or(self.cfg.mode);
+        let mut reason = self.reason(rule, &outcome, mode, v.attendees.len());
+        let mut action = rule.map_or(Action::Accept, |r| r.action);
+        let mut reject_text = match rule {
             Some(r) if r.action == Action::Reject => Some(reject_text(r, &outcome)),
             _ => None,
         };
+        // Hiding To/Cc leaves an invitation's attendee list in its calendar part: the rule's
+        // calendar_action (split or reject) applies instead.
+        if let Some(r) = rule.filter(|r| r.action == Action::Rewrite && !v.attendees.is_empty()) {
+            action = r.calendar_action;
+            if action == Action::Reject {
+                reject_text = Some(calendar_reject_text(v.attendees.len()));
+                reason.push_str(" It is a calendar invitation, whose attendee list hiding To and Cc cannot hide, so it is refused.");
+            } else {
+                reason.push_str(" It is a calendar invitation: each invitee gets a copy that lists only the organizer and them.");
+            }
+        }
         Decision {
             action,
-            mode: self.cfg.mode,
+            mode,
             rule: rule.map(|r| r.name.clone()),
             reason,
             visible: v.addresses,
@@ -330,14 +379,34 @@ impl Policy {
             not_counted: outcome.not_counted,
             lenient_fields: v.lenient_fields,
             org: Default::default(),
+            visible_attendees: v.attendees,
+            exempted_by: match rule {
+                None => outcome
+                    .exempted_by
+                    .and_then(|i| self.rules.get(i))
+                    .map(|r| r.name.clone()),
+                Some(_) => None,
+            },
         }
     }
 
-    fn reason(&self, rule: Option<&Rule>, o: &Outcome) -> String {
-        let shows = shows_phrase(&o.all, &self.internal);
-        let mut s = match rule {
-            None => format!("{shows}; no rule matches, so it goes out unchanged"),
-            Some(r) => {
+    fn reason(&self, rule: Option<&Rule>, o: &Outcome, mode: Mode, attendees: usize) -> String {
+        let mut shows = shows_phrase(&o.all, &self.internal);
+        if attendees > 0 {
+            // Admins would otherwise wonder why a one-recipient invitation was stopped.
+            shows.push_str(&format!(
+                ", {attendees} of them listed in a calendar invitation"
+            ));
+        }
+        let exempting = o.exempted_by.and_then(|i| self.rules.get(i));
+        let mut s = match (rule, exempting) {
+            (None, Some(r)) => format!(
+                "{shows}; rule '{}' would {} it, but its sender is exempt (except_senders), so it goes out unchanged",
+                r.name,
+                r.action.as_str()
+            ),
+            (None, None) => format!("{shows}; no rule matches, so it goes out unchanged"),
+            (Some(r), _) => {
                 let conds = r.conditions_in_words();
                 let cond = if conds.is_empty() {
                     "(every message)".to_string()
@@ -364,7 +433,7 @@ impl Policy {
                 )
             }
         };
-        if self.cfg.mode == Mode::Monitor && rule.is_some_and(|r| r.action != Action::Accept) {
+        if mode == Mode::Monitor && rule.is_some_and(|r| r.action != Action::Accept) {
             s.push_str(" (monitor mode: delivered unchanged)");
         }
         s.push('.');
@@ -455,6 +524,18 @@ fn reject_text(r: &Rule, o: &Outcome) -> String {
     one_ascii_line(&text)
 }
 
+/// The 550 text for a calendar invitation that a rule would rewrite: hiding To/Cc cannot hide
+/// an attendee list, so unless the rule's calendar fallback is split, the sender is told what to
+/// do instead (for the rewrite stage's `calendar_action` fallback).
+pub fn calendar_reject_text(attendees: usize) -> String {
+    one_ascii_line(&format!(
+        "Message not sent: it is a calendar invitation that shows its {attendees} {} to every invitee, \
+         which hiding To and Cc cannot change. Use \"hide attendee list\" in your calendar, or \
+         invite them separately.",
+        plural(attendees, "attendee", "attendees")
+    ))
+}
+
 /// Makes text safe for an SMTP reply line: printable ASCII only, no line breaks.
 pub fn one_ascii_line(text: &str) -> String {
     text.chars()
@@ -494,6 +575,7 @@ mod tests {
             addresses: addrs.to_vec(),
             bcc_present: bcc,
             lenient_fields: vec![],
+            attendees: vec![],
         }
     }
 
@@ -521,6 +603,36 @@ mod tests {
         assert!(d.bcc_header_stripped);
         assert_eq!((d.visible_external, d.external_domains), (18, 12));
         assert!(d.reject_text.is_none());
+    }
+
+    #[test]
+    fn reason_mentions_calendar_attendees() {
+        let mut r = rule("many-external", Action::Reject);
+        r.min_visible_external = Some(6);
+        let p = policy(vec![r], Mode::Enforce);
+        let mut v = vis(&outside(18, 6), false);
+        v.attendees = v.addresses[1..].to_vec();
+        let d = p.decide_visible("boss@example.org", v);
+        assert_eq!(d.visible_attendees.len(), 17);
+        assert!(
+            d.reason.starts_with(
+                "The message shows 18 recipients (18 outside example.org, 6 domains) to each other, \
+                 17 of them listed in a calendar invitation; rule 'many-external'"
+            ),
+            "{}",
+            d.reason
+        );
+    }
+
+    #[test]
+    fn calendar_reject_text_says_what_to_do() {
+        let t = calendar_reject_text(18);
+        assert!(
+            t.contains("18 attendees") && t.contains("hide attendee list"),
+            "{t}"
+        );
+        assert!(t.is_ascii() && !t.contains('\n'));
+        assert!(calendar_reject_text(1).contains("its 1 attendee to"));
     }
 
     #[test]
@@ -570,6 +682,31 @@ mod tests {
             d.reason,
             "The message shows 2 recipients (1 outside example.org, 1 domain) to each other; no rule matches, so it goes out unchanged."
         );
+    }
+
+    #[test]
+    fn a_rule_in_monitor_mode_is_trialled_while_others_enforce() {
+        let mut trial = rule("trial", Action::Reject);
+        trial.min_visible = Some(5);
+        trial.mode = Some(Mode::Monitor);
+        let mut firm = rule("firm", Action::Rewrite);
+        firm.min_visible = Some(2);
+        let p = policy(vec![trial, firm], Mode::Enforce);
+        let many: Vec<String> = (0..6).map(|i| format!("r{i}@x{i}.net")).collect();
+        let d = p.decide_visible("a@example.org", vis(&many, false));
+        assert_eq!((d.action, d.mode), (Action::Reject, Mode::Monitor));
+        assert_eq!(d.effective_action(), Action::Accept);
+        assert!(
+            d.reason.ends_with("(monitor mode: delivered unchanged)."),
+            "{}",
+            d.reason
+        );
+        let d = p.decide_visible("a@example.org", vis(&many[..3], false));
+        assert_eq!(
+            (d.effective_action(), d.mode),
+            (Action::Rewrite, Mode::Enforce)
+        );
+        assert!(p.describe().contains("'trial'") && p.describe().contains("monitor mode (audited"));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 
 use crate::config::{Action, PolicyConfig, RuleConfig};
+use crate::policy::address::canonical_domain;
 use crate::policy::groups::Groups;
 use crate::policy::sender::{self, Sender, Who};
 use crate::policy::Visible;
@@ -55,13 +56,13 @@ impl AddressPattern {
         let Some((local, domain)) = split_address(address) else {
             return false;
         };
-        let domain = domain.trim_end_matches('.');
+        let domain = address_domain(domain);
         match self {
             AddressPattern::Exact {
                 local: l,
                 domain: d,
-            } => domain.eq_ignore_ascii_case(d) && local.to_lowercase() == *l,
-            AddressPattern::AnyUser { domain: d } => domain.eq_ignore_ascii_case(d),
+            } => domain == *d && local.to_lowercase() == *l,
+            AddressPattern::AnyUser { domain: d } => domain == *d,
         }
     }
 }
@@ -86,42 +87,71 @@ fn split_address(address: &str) -> Option<(&str, &str)> {
         .filter(|(l, d)| !l.is_empty() && !d.is_empty())
 }
 
-/// Lower-cases a configured domain and refuses text that cannot be one.
+/// Puts a configured domain in the canonical form addresses are read in (any letter case,
+/// A-label or U-label, trailing dot) and refuses text that cannot be one.
 fn normalise_domain(domain: &str) -> Result<String, String> {
-    let d = domain.trim().trim_end_matches('.').to_ascii_lowercase();
-    if d.is_empty() {
+    let t = domain.trim();
+    let t = t.strip_suffix('.').unwrap_or(t);
+    if t.is_empty() {
         return Err("empty domain".into());
     }
-    if d.starts_with('.') || d.contains("..") {
-        return Err(format!("`{d}` has an empty label"));
+    if t.starts_with('.') || t.contains("..") || t.ends_with('.') {
+        return Err(format!("`{t}` has an empty label"));
     }
-    if d.chars()
+    if t.chars()
         .any(|c| c.is_whitespace() || c.is_control() || c == '@' || c == '*')
     {
-        return Err(format!("`{d}` contains characters a domain cannot have"));
+        return Err(format!("`{t}` contains characters a domain cannot have"));
     }
-    Ok(d)
+    if !t.is_ascii() || t.to_ascii_lowercase().contains("xn--") {
+        idna::domain_to_ascii(t)
+            .map_err(|_| format!("`{t}` is not a valid internationalised domain name"))?;
+    }
+    Ok(canonical_domain(t))
 }
 
-/// The configured internal domains: a domain matches itself and, if enabled, its subdomains.
+/// Canonical domain of an address as the finder writes it (lenient callers pass raw text).
+fn address_domain(domain: &str) -> String {
+    canonical_domain(domain.trim())
+}
+
+/// The configured internal domains: a domain matches itself and, if enabled, its subdomains;
+/// `*.example.org` matches the subdomains of example.org only (what it says).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InternalDomains {
+    /// Canonical domains as the admin wrote them (`*.` kept), for messages and descriptions.
     domains: Vec<String>,
+    /// (canonical domain, matches only its subdomains)
+    entries: Vec<(String, bool)>,
     subdomains: bool,
 }
 
 impl InternalDomains {
     pub fn new(domains: &[String], subdomains: bool) -> Result<InternalDomains, String> {
-        let mut out: Vec<String> = Vec::new();
+        let mut shown: Vec<String> = Vec::new();
+        let mut entries: Vec<(String, bool)> = Vec::new();
         for d in domains {
-            let n = normalise_domain(d.strip_prefix("*.").unwrap_or(d))
+            let t = d.trim();
+            let (base, only_subs) = match t.strip_prefix("*.") {
+                Some(rest) => (rest, true),
+                None => (t, false),
+            };
+            if base.contains('*') {
+                return Err(format!(
+                    "key `policy.internal_domains`: `{t}`: a wildcard is only allowed as a whole first label (`*.example.org` = every subdomain of example.org)"
+                ));
+            }
+            let n = normalise_domain(base)
                 .map_err(|why| format!("key `policy.internal_domains`: {why}"))?;
-            if !out.contains(&n) {
-                out.push(n);
+            let entry = (n.clone(), only_subs);
+            if !entries.contains(&entry) {
+                shown.push(if only_subs { format!("*.{n}") } else { n });
+                entries.push(entry);
             }
         }
         Ok(InternalDomains {
-            domains: out,
+            domains: shown,
+            entries,
             subdomains,
         })
     }
@@ -134,15 +164,18 @@ impl InternalDomains {
         self.subdomains
     }
 
-    /// Whether `domain` (any letter case, optional trailing dot) is internal.
+    /// Whether `domain` (any letter case or IDN form, optional trailing dot) is internal.
     pub fn is_internal_domain(&self, domain: &str) -> bool {
-        let d = domain.trim().trim_end_matches('.').to_ascii_lowercase();
-        self.domains.iter().any(|i| {
-            d == *i
-                || (self.subdomains
-                    && d.len() > i.len() + 1
-                    && d.ends_with(i.as_str())
-                    && d.as_bytes()[d.len() - i.len() - 1] == b'.')
+        let d = address_domain(domain);
+        self.entries.iter().any(|(i, only_subs)| {
+            let is_sub = d.len() > i.len() + 1
+                && d.ends_with(i.as_str())
+                && d.as_bytes()[d.len() - i.len() - 1] == b'.';
+            if *only_subs {
+                is_sub
+            } else {
+                d == *i || (self.subdomains && is_sub)
+            }
         })
     }
 
@@ -183,7 +216,7 @@ pub fn count<'a>(
         if !internal.is_internal(a) {
             c.external += 1;
             let d = split_address(a)
-                .map(|(_, d)| d.trim_end_matches('.').to_ascii_lowercase())
+                .map(|(_, d)| address_domain(d))
                 // An unreadable address still belongs to some domain we cannot name: count it as its own.
                 .unwrap_or_else(|| format!("?{a}"));
             domains.insert(d);
@@ -208,6 +241,8 @@ pub struct Rule {
     pub notify_sender: bool,
     /// Conditions on who sent it (auth user, From: address, groups): see `policy::sender`.
     pub who: Vec<Who>,
+    /// What a `rewrite` does to a calendar invitation instead: `Split` or `Reject`.
+    pub calendar_action: Action,
 }
 
 impl Rule {
@@ -254,6 +289,24 @@ impl Rule {
                 key("notify_sender")
             ));
         }
+        let calendar_action = match (r.action, r.calendar_action) {
+            (_, None) => Action::Reject,
+            (Action::Rewrite, Some(a @ (Action::Split | Action::Reject))) => a,
+            (Action::Rewrite, Some(other)) => {
+                return Err(format!(
+                    "{}: \"{}\" cannot hide a calendar invitation's attendees; use \"split\" or \"reject\"",
+                    key("calendar_action"),
+                    other.as_str()
+                ))
+            }
+            (action, Some(_)) => {
+                return Err(format!(
+                    "{}: only used by action = \"rewrite\", this rule's action is \"{}\"",
+                    key("calendar_action"),
+                    action.as_str()
+                ))
+            }
+        };
         Ok(Rule {
             name: r.name.trim().to_string(),
             min_visible: r.min_visible,
@@ -266,6 +319,7 @@ impl Rule {
             message: r.message.as_ref().map(|m| m.trim().to_string()),
             notify_sender: r.notify_sender,
             who: Vec::new(),
+            calendar_action,
         })
     }
 
@@ -287,6 +341,11 @@ impl Rule {
     pub fn applies_to_sender(&self, sender: &str) -> bool {
         (self.senders.is_empty() || self.senders.iter().any(|p| p.matches(sender)))
             && !self.except_senders.iter().any(|p| p.matches(sender))
+    }
+
+    /// The sender is named in `except_senders`.
+    pub fn exempts_sender(&self, sender: &str) -> bool {
+        self.except_senders.iter().any(|p| p.matches(sender))
     }
 
     pub fn is_excepted_recipient(&self, address: &str) -> bool {
@@ -417,6 +476,9 @@ pub struct Outcome {
     pub counted: Counts,
     /// Visible addresses the matching rule does not count.
     pub not_counted: Vec<String>,
+    /// The first rule that would have matched but for its `except_senders`: an exemption that
+    /// let this message through, which the audit log must show.
+    pub exempted_by: Option<usize>,
 }
 
 /// First match wins over the visible set; pure, for tests and for [`crate::policy::Policy::decide`].
@@ -441,8 +503,22 @@ pub fn evaluate_sender(
     visible: &Visible,
 ) -> Outcome {
     let all = count(internal, &visible.addresses);
+    let mut exempted_by = None;
     for (i, rule) in rules.iter().enumerate() {
-        if !rule.applies_to_sender(&sender.envelope) || !rule.who_holds(sender) {
+        if !rule.who_holds(sender) {
+            continue;
+        }
+        if !rule.applies_to_sender(&sender.envelope) {
+            if exempted_by.is_none() && rule.exempts_sender(&sender.envelope) {
+                let counted: Vec<&String> = visible
+                    .addresses
+                    .iter()
+                    .filter(|a| !rule.is_excepted_recipient(a))
+                    .collect();
+                if rule.counts_hold(&count(internal, counted)) {
+                    exempted_by = Some(i);
+                }
+            }
             continue;
         }
         let (not_counted, counted_addrs): (Vec<&String>, Vec<&String>) = visible
@@ -456,6 +532,7 @@ pub fn evaluate_sender(
                 all,
                 counted,
                 not_counted: not_counted.into_iter().cloned().collect(),
+                exempted_by,
             };
         }
     }
@@ -464,6 +541,7 @@ pub fn evaluate_sender(
         all,
         counted: all,
         not_counted: Vec::new(),
+        exempted_by,
     }
 }
 
@@ -509,6 +587,48 @@ mod tests {
         let strict = InternalDomains::new(&["example.org".into()], false).unwrap();
         assert!(!strict.is_internal("a@mail.example.org"));
         assert!(strict.is_internal("a@example.org."));
+    }
+
+    #[test]
+    fn internal_domains_in_any_case_or_idn_form() {
+        let i = InternalDomains::new(
+            &["BÜCHER.example".into(), "XN--MNCHEN-3YA.example.".into()],
+            false,
+        )
+        .unwrap();
+        assert_eq!(i.domains(), ["bücher.example", "münchen.example"]);
+        for a in [
+            "a@bücher.example",
+            "a@xn--bcher-kva.example",
+            "a@XN--BCHER-KVA.EXAMPLE.",
+            "a@München.example",
+            "a@xn--mnchen-3ya.example",
+        ] {
+            assert!(i.is_internal(a), "{a}");
+        }
+        assert!(!i.is_internal("a@bucher.example"));
+        let c = count(
+            &i,
+            &["a@ext.example".to_string(), "b@EXT.example.".to_string()],
+        );
+        assert_eq!((c.external, c.external_domains), (2, 1));
+        assert!(InternalDomains::new(&["xn--zz.example".into()], true).is_err());
+    }
+
+    #[test]
+    fn wildcard_means_subdomains_only_or_is_refused() {
+        let i = InternalDomains::new(&["*.Example.org".into()], false).unwrap();
+        assert!(i.is_internal("a@mail.example.org"));
+        assert!(i.is_internal("a@x.y.example.org"));
+        assert!(!i.is_internal("a@example.org"));
+        assert_eq!(i.domains(), ["*.example.org"]);
+        let both =
+            InternalDomains::new(&["*.example.org".into(), "example.org".into()], false).unwrap();
+        assert!(both.is_internal("a@example.org") && both.is_internal("a@m.example.org"));
+        for bad in ["mail.*.example.org", "*example.org", "*", "*.*.example.org"] {
+            let e = InternalDomains::new(&[bad.into()], true).unwrap_err();
+            assert!(e.contains("policy.internal_domains"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -2,11 +2,13 @@
 //! To, Cc, Resent-To and Resent-Cc field of the top-level header section (never the body, never
 //! an attached message). Field reading is in [`super::address`]; this module picks the fields,
 //! merges their addresses into one distinct, first-seen list and turns uncertainty into either a
-//! safe-side count (`lenient_fields`) or [`Unreadable`].
+//! safe-side count (`lenient_fields`) or [`Unreadable`]. Attendees of calendar invitations
+//! ([`super::calendar`]) are shown to every invitee too and join the list after the fields.
 
 use std::collections::HashSet;
 
 use super::address::parse_address_list;
+use super::calendar;
 use crate::message::header;
 
 /// Fields whose addresses every reader of the message sees.
@@ -21,6 +23,8 @@ pub struct Visible {
     pub bcc_present: bool,
     /// Names of fields that could not be read strictly and were counted on the safe side.
     pub lenient_fields: Vec<String>,
+    /// Attendees of the message's calendar invitations (also in `addresses`), first-seen order.
+    pub attendees: Vec<String>,
 }
 
 pub use crate::message::Unreadable;
@@ -31,12 +35,33 @@ pub use crate::message::Unreadable;
 /// (bare if it is a dot-atom, else quoted), domain lower-cased. Two addresses are the same when
 /// these strings are equal, i.e. the domain compares case-insensitively, the local part does not.
 pub fn find_visible(raw: &[u8]) -> Result<Visible, Unreadable> {
+    refuse_bare_cr(raw)?;
     let section = header::split(raw).map_err(Unreadable::header)?;
-    find_visible_in(&section)
+    find_visible_in(raw, &section)
 }
 
-/// [`find_visible`] over a header section that is already split (a [`crate::message::Message`]'s).
-pub fn find_visible_in(section: &header::HeaderSection<'_>) -> Result<Visible, Unreadable> {
+/// `serve` refuses a bare CR anywhere in DATA; the finder (and so `check`) refuses the same bytes.
+fn refuse_bare_cr(raw: &[u8]) -> Result<(), Unreadable> {
+    match memchr::memchr_iter(b'\r', raw).find(|&i| raw.get(i + 1) != Some(&b'\n')) {
+        Some(at) => {
+            let line = 1 + memchr::memchr_iter(b'\n', &raw[..at]).count();
+            Err(Unreadable {
+                reason: format!(
+                    "line {line} contains a carriage return without line feed (bare CR); readers disagree on where its lines end, so the relay cannot tell who would see this message"
+                ),
+            })
+        }
+        None => Ok(()),
+    }
+}
+
+/// [`find_visible`] over the header section of `raw` that is already split (a
+/// [`crate::message::Message`]'s); `raw` is still needed for calendar parts in the body.
+pub fn find_visible_in(
+    raw: &[u8],
+    section: &header::HeaderSection<'_>,
+) -> Result<Visible, Unreadable> {
+    refuse_bare_cr(raw)?;
     let mut visible = Visible::default();
     let mut seen: HashSet<String> = HashSet::new();
     for field in &section.fields {
@@ -67,6 +92,17 @@ pub fn find_visible_in(section: &header::HeaderSection<'_>) -> Result<Visible, U
                 visible.addresses.push(addr);
             }
         }
+    }
+    let attendees = calendar::message_attendees(raw).map_err(|e| Unreadable {
+        reason: format!(
+            "the message cannot be read ({e}); the relay cannot tell who would see this message"
+        ),
+    })?;
+    for a in attendees {
+        if seen.insert(a.clone()) {
+            visible.addresses.push(a.clone());
+        }
+        visible.attendees.push(a);
     }
     Ok(visible)
 }
@@ -103,5 +139,29 @@ mod tests {
         );
         let e = find_visible(b"To: a@x\r\nT o b@y\r\n\r\n").expect_err("unreadable");
         assert!(e.reason.contains("header line 2"), "{}", e.reason);
+    }
+
+    #[test]
+    fn bare_cr_anywhere_is_unreadable() {
+        for raw in [
+            &b"To: a@x\rCc: b@y\r\r"[..],
+            b"To: a@x\r\nCc: b@y\rx\r\n\r\n",
+            b"To: a@x\r\n\r\nbody\rmore\r\n",
+        ] {
+            let e = find_visible(raw).expect_err("unreadable");
+            assert!(e.reason.contains("bare CR"), "{}", e.reason);
+        }
+    }
+
+    #[test]
+    fn calendar_attendees_join_the_visible_list() {
+        let raw = b"From: boss@example.org\r\nTo: a@example.org\r\n\
+                    Content-Type: text/calendar; method=REQUEST\r\n\r\n\
+                    BEGIN:VCALENDAR\r\nMETHOD:REQUEST\r\nBEGIN:VEVENT\r\n\
+                    ORGANIZER:mailto:boss@example.org\r\nATTENDEE:mailto:A@Example.org\r\n\
+                    ATTENDEE:mailto:b@x.net\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n";
+        let v = find_visible(raw).expect("readable");
+        assert_eq!(v.addresses, ["a@example.org", "A@example.org", "b@x.net"]);
+        assert_eq!(v.attendees, ["A@example.org", "b@x.net"]);
     }
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use mail_send::{Credentials, SmtpClient, SmtpClientBuilder};
+use rustls::pki_types::pem::PemObject;
 use smtp_proto::EhloResponse;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio_rustls::TlsConnector;
@@ -410,7 +411,7 @@ fn tls_connector(cfg: &UpstreamConfig) -> anyhow::Result<TlsConnector> {
         let pem = std::fs::read(ca)
             .with_context(|| format!("reading upstream.ca_file {}", ca.display()))?;
         let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
             let cert = cert.with_context(|| format!("parsing {}", ca.display()))?;
             roots
                 .add(cert)
@@ -520,6 +521,11 @@ impl UpstreamSession {
     pub async fn data(&mut self, parts: &[&[u8]]) -> Result<Reply, UpstreamError> {
         let go = self.command("DATA\r\n").await?;
         if go.code != 354 {
+            // A refused DATA leaves MAIL and RCPT standing at the upstream: end that transaction
+            // now, or the session's next MAIL meets "nested MAIL". If even RSET fails, drop it.
+            if !self.rset().await.is_ok_and(|r| r.is_positive()) {
+                self.broken = true;
+            }
             return Ok(go);
         }
         let write = async {

@@ -7,6 +7,7 @@ use anyhow::{anyhow, bail, Context};
 use mail_auth::common::crypto::{DkimKey, Ed25519Key, RsaKey, Sha256};
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::{DkimSigner, Done};
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::PrivateKeyDer;
 
 use crate::message::header::HeaderSection;
@@ -144,9 +145,8 @@ impl Signer {
 }
 
 fn parse_key(pem: &[u8]) -> anyhow::Result<DkimKey> {
-    let der = rustls_pemfile::private_key(&mut &pem[..])
-        .context("not a PEM file")?
-        .context("no private key in the PEM file")?;
+    let der = PrivateKeyDer::from_pem_slice(pem)
+        .map_err(|e| anyhow!("no private key in the PEM file ({e})"))?;
     match der {
         PrivateKeyDer::Pkcs1(_) => Ok(DkimKey::Rsa(
             RsaKey::<Sha256>::from_key_der(der)

@@ -24,7 +24,9 @@ use crate::policy::Decision;
 pub struct Outgoing<'a> {
     /// Bytes `0..body_offset` of the original (header fields + blank line), edited as policy says.
     pub header: Cow<'a, [u8]>,
-    pub body: &'a [u8],
+    /// The body: borrowed from the received message, except where a split copy's calendar
+    /// part was cut down to its invitee.
+    pub body: Cow<'a, [u8]>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,13 +106,13 @@ impl Rewriter {
         if edits.is_empty() {
             return Ok(Outgoing {
                 header: Cow::Borrowed(&raw[..h.body_offset]),
-                body,
+                body: Cow::Borrowed(body),
             });
         }
         let header = apply_edits(raw, h.body_offset, edits);
         Ok(Outgoing {
             header: Cow::Owned(header),
-            body,
+            body: Cow::Borrowed(body),
         })
     }
 
@@ -125,7 +127,7 @@ impl Rewriter {
             RewriteTo::Sender if safe_address(sender) => format!("<{}>", sender.trim()),
             _ => "undisclosed-recipients:;".to_string(),
         };
-        self.replace_recipients(message, &to, "rewritten", d, None)
+        self.replace_recipients(message, &to, "rewritten", d, None, false)
     }
 
     /// One split copy: `To:` that recipient alone.
@@ -135,19 +137,36 @@ impl Rewriter {
         rcpt: &str,
         d: &Decision,
     ) -> Result<Outgoing<'a>, RewriteError> {
+        self.copy_for(message, rcpt, d, false)
+    }
+
+    /// One split copy of a calendar invitation: `invitation` is the message with its calendar
+    /// parts already cut down to the organizer and `rcpt`, so every DKIM signature (they all
+    /// cover the body) breaks and is handled per `dkim.on_rewrite`.
+    pub fn for_invitee<'a>(
+        &self,
+        invitation: &'a Message,
+        rcpt: &str,
+        d: &Decision,
+    ) -> Result<Outgoing<'a>, RewriteError> {
+        self.copy_for(invitation, rcpt, d, true)
+    }
+
+    fn copy_for<'a>(
+        &self,
+        message: &'a Message,
+        rcpt: &str,
+        d: &Decision,
+        body_edited: bool,
+    ) -> Result<Outgoing<'a>, RewriteError> {
         if !safe_address(rcpt) {
             // Would let an envelope address inject header lines; the SMTP layer should never pass one.
             return Err(RewriteError::Unreadable(format!(
                 "recipient address {rcpt:?} cannot be written into a header"
             )));
         }
-        self.replace_recipients(
-            message,
-            &format!("<{}>", rcpt.trim()),
-            "split",
-            d,
-            Some(rcpt),
-        )
+        let to = format!("<{}>", rcpt.trim());
+        self.replace_recipients(message, &to, "split", d, Some(rcpt), body_edited)
     }
 
     /// Replaces the recipient fields by one `To: to_value`, removes blind copies and every
@@ -159,6 +178,7 @@ impl Rewriter {
         verb: &str,
         d: &Decision,
         rcpt: Option<&str>,
+        body_edited: bool,
     ) -> Result<Outgoing<'a>, RewriteError> {
         let raw = message.raw();
         let h = message.header();
@@ -209,6 +229,15 @@ impl Rewriter {
         }
 
         let mut broken = dkim::signatures_covering(&h, &altered);
+        if body_edited {
+            // Every signature covers the body (bh=): all of them break.
+            for f in h.fields.iter().filter(|f| f.name_is("dkim-signature")) {
+                let label = dkim::signer_label(f.value);
+                if !broken.contains(&label) {
+                    broken.push(label);
+                }
+            }
+        }
         for f in &z_signatures {
             let label = dkim::signer_label(f.value);
             if !broken.contains(&label) {
@@ -264,7 +293,7 @@ impl Rewriter {
         }
         Ok(Outgoing {
             header: Cow::Owned(header),
-            body,
+            body: Cow::Borrowed(body),
         })
     }
 }
@@ -369,6 +398,8 @@ mod tests {
             not_counted: vec![],
             lenient_fields: vec![],
             org: Default::default(),
+            visible_attendees: vec![],
+            exempted_by: None,
         }
     }
 
@@ -388,7 +419,7 @@ mod tests {
             &*out.header,
             b"From: a@x\r\nTo: undisclosed-recipients:;\r\nSubject: s\r\n\r\n"
         );
-        assert_eq!(out.body, b"body\r\n");
+        assert_eq!(&*out.body, b"body\r\n");
     }
 
     #[test]

@@ -121,8 +121,14 @@ pub fn plan<'m>(
         Action::Split => {
             // Every copy is prepared before any leaves: a refusal must stop the whole message.
             let mut copies = Vec::with_capacity(envelope.recipients.len());
+            let invitation = !d.visible_attendees.is_empty();
             for rcpt in &envelope.recipients {
-                match rw.for_recipient(message, rcpt, d) {
+                let copy = if invitation {
+                    invitee_copy(rw, d, message, rcpt)
+                } else {
+                    rw.for_recipient(message, rcpt, d)
+                };
+                match copy {
                     Ok(out) => copies.push(Send {
                         route: Route::Single(rcpt.clone()),
                         message: out,
@@ -133,4 +139,25 @@ pub fn plan<'m>(
             Plan::Send(copies)
         }
     }
+}
+
+/// A split copy of a calendar invitation whose calendar parts list only the organizer and
+/// `rcpt` (RFC 5546: the same UID and sequence, so updates and cancellations still match). The
+/// copy owns its bytes: its body differs from the received one.
+fn invitee_copy<'m>(
+    rw: &Rewriter,
+    d: &Decision,
+    message: &Message,
+    rcpt: &str,
+) -> Result<Outgoing<'m>, RewriteError> {
+    let edited = Message::parse(crate::policy::calendar::copy_for_invitee(
+        message.raw(),
+        rcpt,
+    ))
+    .map_err(|r| RewriteError::Unreadable(r.why.reason))?;
+    let out = rw.for_invitee(&edited, rcpt, d)?;
+    Ok(Outgoing {
+        header: std::borrow::Cow::Owned(out.header.into_owned()),
+        body: std::borrow::Cow::Owned(out.body.into_owned()),
+    })
 }

@@ -99,7 +99,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
             socket,
         ));
     }
-    tracing::info!(policy_version = %live.policy.version(), "policy loaded:\n{}", live.policy.describe());
+    tracing::info!(policy_version = %live.policy.version(), "policy loaded: {}", live.policy.describe_one_line()); // admin: one line
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (spool, spool_task) = crate::spool::start_for_serve(
         &cfg,
@@ -120,7 +120,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let mut accept_loops = JoinSet::new();
     let sessions = Arc::new(tokio::sync::Mutex::new(JoinSet::new()));
     for (listener, socket) in bound {
-        tracing::info!(address = %listener.local, tls = ?listener.cfg.tls, auth = ?listener.cfg.auth, proxy_protocol = listener.cfg.proxy_protocol, "listening");
+        tracing::info!(address = %listener.local, tls = %listener.cfg.tls, auth = %listener.cfg.auth, proxy_protocol = listener.cfg.proxy_protocol, "listening");
         accept_loops.spawn(accept_loop(
             shared.clone(),
             listener,
@@ -134,7 +134,9 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         spawn_metrics_endpoint(&mc.address, m, &shared, shutdown_rx.clone()).await?;
     }
 
+    crate::service::ready("accepting mail"); // admin: systemd Type=notify
     wait_for_stop_signal(&shared, &config_path).await;
+    crate::service::stopping(); // admin: systemd Type=notify
     tracing::info!("shutting down: no new connections; transactions in flight may finish");
     let _ = shutdown_tx.send(true);
     accept_loops.shutdown().await;
@@ -194,7 +196,10 @@ async fn spawn_metrics_endpoint(
         }
         None => health,
     };
-    tracing::info!(address, "metrics at /metrics, readiness at /healthz");
+    tracing::info!(
+        address,
+        "metrics at /metrics, readiness at /readyz (= /healthz), liveness at /livez"
+    );
     tokio::spawn(async move {
         if let Err(e) = crate::metrics::serve(socket, metrics, Arc::new(health), shutdown).await {
             tracing::error!("metrics endpoint stopped: {e:#}");
@@ -241,7 +246,8 @@ fn reload(shared: &Shared, config_path: &Path) {
             }
             shared.stages.audit.set_policy_version(&version);
             shared.replace_live(live);
-            tracing::info!(old = %old_version, new = %version, "reload: policy, TLS certificates and users reloaded:\n{}", shared.live().policy.describe());
+            tracing::info!(old = %old_version, new = %version, "reload: policy, TLS certificates and users reloaded: {}", shared.live().policy.describe_one_line());
+            // admin: one line
         }
         Err(e) => tracing::error!("reload refused, keeping the running configuration: {e:#}"),
     }

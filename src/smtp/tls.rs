@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use rustls::crypto::GetRandomFailed;
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ProducesTickets, ServerSessionMemoryCache, StoresServerSessions};
 use rustls::{HandshakeKind, ServerConnection, TicketRotator};
@@ -27,15 +28,19 @@ pub fn acceptor(cfg: &TlsConfig) -> anyhow::Result<TlsAcceptor> {
         .with_context(|| format!("reading TLS certificate {}", cfg.certificate.display()))?;
     let key_pem = std::fs::read(&cfg.private_key)
         .with_context(|| format!("reading TLS private key {}", cfg.private_key.display()))?;
-    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_slice())
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<_, _>>()
         .with_context(|| format!("parsing PEM certificates in {}", cfg.certificate.display()))?;
     if certs.is_empty() {
         anyhow::bail!("{} holds no PEM certificate", cfg.certificate.display());
     }
-    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .with_context(|| format!("parsing PEM private key in {}", cfg.private_key.display()))?
-        .with_context(|| format!("{} holds no PEM private key", cfg.private_key.display()))?;
+    let key: PrivateKeyDer<'static> =
+        PrivateKeyDer::from_pem_slice(&key_pem).with_context(|| {
+            format!(
+                "{} holds no usable PEM private key",
+                cfg.private_key.display()
+            )
+        })?;
     let mut config = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(certs, key)

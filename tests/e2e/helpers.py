@@ -893,3 +893,161 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
             return r.status, r.read().decode("utf-8", "replace")
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode("utf-8", "replace")
+
+
+# --------------------------------------------------------------------------------------------
+# upstream 3: a fault-injecting SMTP server (for tests/e2e/test_faults.py and bench/)
+
+
+class FaultUpstream(PyUpstream):
+    """A PyUpstream that misbehaves on purpose at the end of DATA, the moment a relay can least
+    afford it:
+
+    - `drop_every` N: every Nth end of DATA (counted over all sessions) closes the connection
+      without a reply; the message is *not* kept (so a retry that delivers it is not a duplicate).
+    - `reply_delay` D: the reply to the end of DATA comes D seconds late; the message is kept
+      *before* the wait, as a real server queues first and answers afterwards (so a client that
+      gives up and resends makes a visible duplicate).
+
+    - `down_after` N: right after the Nth kept message the server goes down (listener closed,
+      every connection aborted: connection refused from then on) until `set_down(False)`.
+
+    Every kept copy is recorded in `delivered` with its envelope; `data_ends` and `dropped`
+    count what happened."""
+
+    def __init__(self, drop_every: int = 0, reply_delay: float = 0.0, down_after: int = 0, **kw):
+        super().__init__(**kw)
+        self.drop_every = drop_every
+        self.reply_delay = reply_delay
+        self.down_after = down_after
+        self.data_ends = 0
+        self.dropped = 0
+        self.down_since: float | None = None
+        self._writers: set = set()
+
+    def _run(self):
+        # Unlike PyUpstream, the loop outlives the listener, so the server can go down and up.
+        self._loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self._loop)
+
+        async def listen():
+            self._server = await asyncio.start_server(self._session, "127.0.0.1", self.port, limit=1 << 20)
+
+        self._loop.run_until_complete(listen())
+        self._ready.set()
+        self._loop.run_forever()
+
+    def stop(self):
+        if self._loop and self._loop.is_running():
+            async def shutdown():
+                self._server.close()
+                tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+            try:
+                asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(3)
+            except Exception:  # noqa: BLE001 - stopping must go on
+                pass
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread:
+            self._thread.join(3)
+
+    def _go_down(self):
+        self.down_since = time.monotonic()
+        self._server.close()
+        for w in list(self._writers):
+            w.transport.abort()
+
+    def set_down(self, down: bool):
+        """Takes the server down (connection refused) or brings it up again on the same port."""
+
+        async def change():
+            if down:
+                self._go_down()
+            elif self.down_since is not None:
+                self._server = await asyncio.start_server(self._session, "127.0.0.1", self.port, limit=1 << 20)
+                self.down_since = None
+
+        asyncio.run_coroutine_threadsafe(change(), self._loop).result(5)
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        async def reply(text: str):
+            writer.write(text.encode() + b"\r\n")
+            await writer.drain()
+
+        sender, rcpts = None, []
+        self._writers.add(writer)
+        try:
+            await reply("220 fault-upstream ESMTP ready")
+            while True:
+                line = await reader.readline()
+                if not line:
+                    return
+                cmd = line.rstrip(b"\r\n").decode("utf-8", "replace")
+                verb = cmd.split(" ", 1)[0].upper()
+                if verb == "EHLO":
+                    exts = ["fault-upstream"] + self.ehlo_extensions
+                    await reply("\r\n".join(
+                        f"250{'-' if i < len(exts) - 1 else ' '}{e}" for i, e in enumerate(exts)))
+                elif verb == "HELO":
+                    await reply("250 fault-upstream")
+                elif verb == "MAIL":
+                    m = re.match(r"(?i)MAIL FROM:\s*<([^>]*)>", cmd)
+                    sender, rcpts = (m.group(1) if m else ""), []
+                    await reply("250 2.1.0 Sender ok")
+                elif verb == "RCPT":
+                    m = re.match(r"(?i)RCPT TO:\s*<([^>]*)>", cmd)
+                    rcpts.append(m.group(1) if m else "")
+                    await reply("250 2.1.5 Recipient ok")
+                elif verb == "DATA":
+                    if sender is None or not rcpts:
+                        await reply("554 5.5.1 No valid recipients")
+                        continue
+                    await reply("354 Go ahead")
+                    chunks = []
+                    while True:
+                        dline = await reader.readline()
+                        if not dline:
+                            return
+                        if dline == b".\r\n":
+                            break
+                        chunks.append(dline[1:] if dline.startswith(b".") else dline)
+                    with self._lock:
+                        self.data_ends += 1
+                        drop = self.drop_every and self.data_ends % self.drop_every == 0
+                        if drop:
+                            self.dropped += 1
+                        else:
+                            self._count += 1
+                            n = self._count
+                            self.delivered.append(
+                                Delivered(sender=sender, rcpts=list(rcpts), data=b"".join(chunks)))
+                    if drop:
+                        return  # `finally` closes the connection: no reply at all
+                    if self.reply_delay:
+                        await asyncio.sleep(self.reply_delay)
+                    await reply(f"250 2.0.0 Ok: queued as F{n}")
+                    sender, rcpts = None, []
+                    if self.down_after and n == self.down_after:
+                        self._go_down()
+                        return
+                elif verb == "RSET":
+                    sender, rcpts = None, []
+                    await reply("250 2.0.0 Ok")
+                elif verb == "NOOP":
+                    await reply("250 2.0.0 Ok")
+                elif verb == "QUIT":
+                    await reply("221 2.0.0 Bye")
+                    return
+                else:
+                    await reply("502 5.5.2 Command not implemented")
+        except (ConnectionError, asyncio.CancelledError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._writers.discard(writer)
+            try:
+                writer.close()
+            except Exception:
+                pass

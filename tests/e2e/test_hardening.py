@@ -102,7 +102,7 @@ def test_forged_proxy_header_impossible_with_wide_proxy_networks(make_relay, net
                        capture_output=True, timeout=15, cwd=relay.workdir)
     out = (p.stdout + p.stderr).decode(errors="replace")
     assert p.returncode != 0, out
-    assert "listener[0].proxy_networks" in out, out
+    assert "listener[1].proxy_networks" in out, out  # listeners count from 1 in messages
     # Nothing listens: the forged header has nowhere to go.
     with pytest.raises(OSError):
         c = RawClient(port, greeting=False, timeout=2)

@@ -197,3 +197,39 @@ def test_small_holes_huge_size_ehlo_nul_empty_bdat(relay):
         print("BDAT 0 LAST:", r)
         assert r.code == 554, r
     assert relay.upstream.messages(settle=0.5) == [], "an empty message must not be forwarded"
+
+
+def test_a_sender_exemption_cannot_be_borrowed_and_is_always_audited(make_relay, tls_material):
+    """Issue 12.6's scenario: the press office is exempt from the rewrite rule. alice may not send
+    as press@ (553); a login that owns press@ may, and the message goes out unchanged, but the
+    audit log records that the exemption let it through (before: no record at all)."""
+    import smtplib
+
+    def press_exemption(cfg):
+        for rule in cfg["policy"]["rule"]:
+            if rule["name"] == "many-external":
+                rule["except_senders"] = ["press@example.org"]
+        cfg["auth"]["senders"] = {}
+    relay = make_relay(press_exemption)
+    outside = [f"journalist{i}@paper{i % 3}.example.com" for i in range(7)]
+    msg = load_message("simple.eml", sender="press@example.org", to=", ".join(outside), tag="press")
+    ctx = client_tls_context(tls_material["certificate"])
+    with smtplib.SMTP("127.0.0.1", relay.submission_port, timeout=8) as s:
+        s.starttls(context=ctx)
+        s.login(USER, PASSWORD)
+        code, text = s.mail("press@example.org")
+        assert code == 553, (code, text)
+    assert relay.upstream.messages(settle=0.3) == []
+
+    relay2 = make_relay(lambda cfg: (press_exemption(cfg), cfg["auth"].update(senders={USER: ["press@example.org"]})))
+    with smtplib.SMTP("127.0.0.1", relay2.submission_port, timeout=8) as s:
+        s.starttls(context=ctx)
+        s.login(USER, PASSWORD)
+        s.sendmail("press@example.org", outside, msg)
+    [m] = relay2.upstream.wait_for(1)
+    assert all(a.encode() in m.data for a in outside), "exempt: delivered unchanged"
+    [rec] = relay2.wait_audit(1)
+    print("audit record of the exempted message:", {k: rec.get(k) for k in ("rule", "action", "reason", "auth_user")})
+    assert rec["rule"] == "many-external" and rec["action"] == "accept", rec
+    assert "exempt" in rec["reason"], rec["reason"]
+    assert rec["auth_user"] == USER
