@@ -519,7 +519,7 @@ def test_config_check_validates_directory_settings(make_relay, tmp_path):
         path.write_text(to_toml(cfg))
         p = relay.cli("config", "check", "--config", str(path))
         out = (p.stdout + p.stderr).decode(errors="replace")
-        assert p.returncode != 0 and expect in out and "policy.directory[0]" in out, (override, out)
+        assert p.returncode != 0 and expect in out and "policy.directory[" in out, (override, out)
     # A group naming a directory that does not exist, and a bad filter.
     cfg["policy"]["directory"] = [{**base, "url": "ldaps://127.0.0.1:9", "timeout_seconds": 1}]
     for group, expect in [({"ldap": "nope", "filter": "(cn=x)"}, "no [[policy.directory]] is named 'nope'"),
