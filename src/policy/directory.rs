@@ -46,7 +46,9 @@ static LIVE: LazyLock<Mutex<Vec<Weak<State>>>> = LazyLock::new(|| Mutex::new(Vec
 #[derive(Debug)]
 struct State {
     name: String,
-    /// Group name -> lower-cased member identities (mail and login values).
+    url: String,
+    /// Search filter -> lower-cased member identities (mail and login values). Keyed by the
+    /// filter, not the group name, so a reload can safely start from the previous answers.
     members: RwLock<HashMap<String, Arc<HashSet<String>>>>,
     up: AtomicBool,
     answered: AtomicBool,
@@ -80,7 +82,6 @@ pub struct Directory {
 #[derive(Debug)]
 pub struct DirectoryGroup {
     state: Arc<State>,
-    group: String,
     filter: String,
 }
 
@@ -88,7 +89,7 @@ impl DirectoryGroup {
     pub fn contains(&self, identity: &str) -> bool {
         let id = identity.trim().trim_matches(['<', '>']).to_lowercase();
         let members = self.state.members.read().unwrap_or_else(|p| p.into_inner());
-        members.get(&self.group).is_some_and(|m| m.contains(&id))
+        members.get(&self.filter).is_some_and(|m| m.contains(&id))
     }
 
     pub fn describe(&self) -> String {
@@ -97,7 +98,7 @@ impl DirectoryGroup {
             .members
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&self.group)
+            .get(&self.filter)
             .map(|m| m.len());
         let state = match (n, self.state.up.load(Ordering::Relaxed)) {
             (None, _) => "no answer yet".to_string(),
@@ -156,6 +157,7 @@ impl Directory {
         }
         let state = Arc::new(State {
             name: cfg.name.clone(),
+            url: cfg.url.trim().to_string(),
             members: RwLock::new(HashMap::new()),
             up: AtomicBool::new(false),
             answered: AtomicBool::new(false),
@@ -196,7 +198,6 @@ impl Directory {
             });
         Ok(DirectoryGroup {
             state: self.state.clone(),
-            group: group.to_string(),
             filter,
         })
     }
@@ -214,9 +215,32 @@ impl Directory {
         if queries.is_empty() {
             return;
         }
-        LIVE.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Arc::downgrade(&self.state));
+        {
+            let mut live = LIVE.lock().unwrap_or_else(|p| p.into_inner());
+            // A reload must not forget the last good answer while the directory is down: start
+            // from the previous policy's sets for the same directory (same filters only).
+            if let Some(prev) = live
+                .iter()
+                .filter_map(Weak::upgrade)
+                .rfind(|p| p.name == self.state.name && p.url == self.state.url)
+            {
+                let prev_members = prev.members.read().unwrap_or_else(|p| p.into_inner());
+                let mut members = self
+                    .state
+                    .members
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner());
+                for q in &queries {
+                    if let Some(m) = prev_members.get(&q.filter) {
+                        members.insert(q.filter.clone(), m.clone());
+                    }
+                }
+                let prev_status = prev.status.lock().unwrap_or_else(|p| p.into_inner());
+                let mut st = self.state.status.lock().unwrap_or_else(|p| p.into_inner());
+                st.last_good = prev_status.last_good;
+            }
+            live.push(Arc::downgrade(&self.state));
+        }
         let labels = DirectoryLabels {
             directory: self.cfg.name.clone(),
         };
@@ -366,7 +390,7 @@ async fn fetch_all(
                     }
                 }
             }
-            out.insert(q.group.clone(), Arc::new(members));
+            out.insert(q.filter.clone(), Arc::new(members));
         }
         let _ = ldap.unbind().await;
         driver.abort();

@@ -290,6 +290,14 @@ def test_directory_down_mid_run_keeps_last_good_answer(make_relay, slapd):
     msgs = relay.upstream.wait_for(3)
     assert shown(by_tag(msgs, "down-2")) and not shown(by_tag(msgs, "down-3"))
 
+    # A reload while the directory is down keeps the last good answer too.
+    relay.reload(relay.config)
+    r = send_mail(relay.smtp_port, "pat@example.org", EXTERNAL8, cc_message("down-4", "pat@example.org"))
+    assert r["data"].code == 250, r
+    assert shown(by_tag(relay.upstream.wait_for(4), "down-4")), "last good answer lost on reload"
+    wait_until(lambda: "last good answer" in http_get(relay.metrics_url + "/healthz")[1], timeout=10,
+               what="/healthz to still note the outage after the reload")
+
     # Back up: the note goes away.
     slapd.start(load=False)
     wait_until(lambda: "directory" not in http_get(relay.metrics_url + "/healthz")[1],
