@@ -67,7 +67,7 @@ pub async fn deliver(
     received: Result<Message, Box<Refused>>,
     held: &mut Option<UpstreamSession>,
 ) -> Reply {
-    let outcome = match received {
+    match received {
         Ok(message) => {
             let outcome = run(stages, rules, &job, &message, held).await;
             outcome::finish(stages, &job, Some(&message), outcome).await
@@ -78,8 +78,7 @@ pub async fn deliver(
                 Outcome::refused(None, Refusal::unreadable(&refused.why), &refused.why.reason);
             outcome::finish_unparsed(stages, &job, &refused.raw, outcome).await
         }
-    };
-    outcome
+    }
 }
 
 async fn run(
@@ -117,11 +116,7 @@ async fn run(
     };
 
     // Phase one of the audit: nothing is handed on unless the decision is on disk.
-    // A message an exemption let through is always recorded: the exemption is an intervention
-    // of its own (someone chose to let this list be shown). So is every override request (issue 15).
-    let audited = stages.audit.wants(decision.action, decision.mode)
-        || decision.exempted_by.is_some()
-        || decision.org.override_use.is_some();
+    let audited = outcome::must_audit(stages, &decision);
     let visible_count = decision.visible.len();
     let decision_seq = if audited {
         // The list moves into the record (no copy); nothing after this reads more than its length.

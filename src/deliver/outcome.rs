@@ -159,6 +159,13 @@ fn base_event(
     }
 }
 
+/// Whether a message with this decision gets an audit record: every intervention (and every
+/// accept with `log_accepts`), and always a message an exemption let through or one that asked
+/// for an override: each is someone choosing to let a recipient list be shown.
+pub fn must_audit(stages: &Stages, d: &Decision) -> bool {
+    stages.audit.wants(d.action, d.mode) || d.exempted_by.is_some() || d.org.override_use.is_some()
+}
+
 /// Phase one: the decision is durable before anything is handed to the upstream. Takes the
 /// decision's visible list (see [`base_event`]); only its length is needed afterwards.
 pub async fn record_decision(
@@ -242,7 +249,7 @@ async fn conclude(
 
     // The audit record: a refusal here is one complete record; a forwarded message its outcome.
     let audited = match d {
-        Some(d) => stages.audit.wants(d.action, d.mode) || d.exempted_by.is_some(),
+        Some(d) => must_audit(stages, d),
         None => true,
     };
     if let (Some(decision_seq), false) = (outcome.decision_seq, outcome.audit_failed) {
