@@ -73,6 +73,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         .as_ref()
         .map(|_| Arc::new(crate::metrics::Metrics::new()));
     let observe = Observe::new(metrics.clone());
+    observe.tls_certificate(cfg.tls.as_ref()); // metrics: certificate expiry gauge
     let upstream = Upstream::new(&cfg.upstream, &cfg.server.hostname, observe.clone())?;
     let audit =
         AuditLog::open(&cfg.audit, &live.policy.version()).context("opening the audit log")?;
@@ -230,6 +231,7 @@ async fn wait_for_stop_signal(shared: &Arc<Shared>, config_path: &Path) {
 
 /// Re-reads the config; a bad one is refused and the old one kept.
 fn reload(shared: &Shared, config_path: &Path) {
+    let started = std::time::Instant::now(); // metrics: reload duration
     let result = Config::load(config_path)
         .map_err(anyhow::Error::from)
         .and_then(|cfg| Live::build(&cfg).map(|live| (cfg, live)));
@@ -248,8 +250,13 @@ fn reload(shared: &Shared, config_path: &Path) {
             shared.replace_live(live);
             tracing::info!(old = %old_version, new = %version, "reload: policy, TLS certificates and users reloaded: {}", shared.live().policy.describe_one_line());
             // admin: one line
+            shared.stages.metrics.reload(true, started.elapsed()); // metrics
+            shared.stages.metrics.tls_certificate(cfg.tls.as_ref()); // metrics
         }
-        Err(e) => tracing::error!("reload refused, keeping the running configuration: {e:#}"),
+        Err(e) => {
+            shared.stages.metrics.reload(false, started.elapsed()); // metrics
+            tracing::error!("reload refused, keeping the running configuration: {e:#}");
+        }
     }
 }
 
@@ -414,7 +421,7 @@ async fn serve_connection(
     let end = Session::new(shared.clone(), listener, id, peer, stream, shutdown)
         .run()
         .await;
-    tracing::info!(end = ?end, "disconnected");
+    tracing::info!(end = %end, "disconnected");
 }
 
 /// The client's real address: the socket peer, or what a trusted load balancer's PROXY header says.
