@@ -54,9 +54,7 @@ fn address_list(domain_prefix: &str, n: usize) -> String {
 
 /// A message with `to` in To:, from `from`, with a Message-ID naming it.
 fn message(id: &str, from: &str, to: &str, body: &str) -> String {
-    format!(
-        "From: {from}\nTo: {to}\nSubject: {id}\nMessage-ID: <{id}@test>\n\n{body}\n"
-    )
+    format!("From: {from}\nTo: {to}\nSubject: {id}\nMessage-ID: <{id}@test>\n\n{body}\n")
 }
 
 fn plain(id: &str) -> String {
@@ -72,7 +70,12 @@ fn twenty_external(id: &str) -> String {
 }
 
 fn press(id: &str) -> String {
-    message(id, "press@example.org", &address_list("paper", 8), "release")
+    message(
+        id,
+        "press@example.org",
+        &address_list("paper", 8),
+        "release",
+    )
 }
 
 /// Rows of the summary as (rule, action, mode, outcome) -> messages.
@@ -93,14 +96,14 @@ fn rows(summary: &Value) -> Vec<(String, String, String, String, u64)> {
         .collect()
 }
 
-fn row(rule: &str, action: &str, mode: &str, outcome: &str, n: u64) -> (String, String, String, String, u64) {
-    (
-        rule.into(),
-        action.into(),
-        mode.into(),
-        outcome.into(),
-        n,
-    )
+fn row(
+    rule: &str,
+    action: &str,
+    mode: &str,
+    outcome: &str,
+    n: u64,
+) -> (String, String, String, String, u64) {
+    (rule.into(), action.into(), mode.into(), outcome.into(), n)
 }
 
 #[test]
@@ -119,13 +122,19 @@ fn folder_of_eml_files_gives_the_expected_summary() {
         .iter()
         .map(|m| m["message_id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, ["a@test", "b@test", "c@test", "d@test"]);
+    assert_eq!(ids, ["<a@test>", "<b@test>", "<c@test>", "<d@test>"]);
     assert!(messages[0]["source"].as_str().unwrap().ends_with("1.eml"));
-    assert!(messages[0].get("index").is_none(), "no index outside an mbox");
+    assert!(
+        messages[0].get("index").is_none(),
+        "no index outside an mbox"
+    );
     // The same decision object as a single-file check.
     assert_eq!(messages[1]["action"], "rewrite");
     assert_eq!(messages[1]["visible_count"], 6);
-    assert!(messages[2]["smtp_reply"].as_str().unwrap().starts_with("550 5.7.1"));
+    assert!(messages[2]["smtp_reply"]
+        .as_str()
+        .unwrap()
+        .starts_with("550 5.7.1"));
 
     assert_eq!(summary["messages"], 4);
     assert_eq!(summary["sources"], 4);
@@ -135,7 +144,13 @@ fn folder_of_eml_files_gives_the_expected_summary() {
             row("(none)", "accept", "enforce", "delivered unchanged", 1),
             row("many-external", "rewrite", "enforce", "rewritten", 1),
             row("mass-external", "reject", "enforce", "refused 550 5.7.1", 1),
-            row("press-office", "accept", "enforce", "delivered unchanged", 1),
+            row(
+                "press-office",
+                "accept",
+                "enforce",
+                "delivered unchanged",
+                1
+            ),
         ]
     );
     assert_eq!(
@@ -144,7 +159,11 @@ fn folder_of_eml_files_gives_the_expected_summary() {
     );
     let t = &summary["totals"];
     assert_eq!(
-        (t["delivered_unchanged"].as_u64(), t["rewritten"].as_u64(), t["refused"].as_u64()),
+        (
+            t["delivered_unchanged"].as_u64(),
+            t["rewritten"].as_u64(),
+            t["refused"].as_u64()
+        ),
         (Some(2), Some(1), Some(1))
     );
 }
@@ -168,7 +187,7 @@ fn maildir_reads_new_and_cur_and_skips_tmp() {
         .iter()
         .map(|m| m["message_id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, ["new1@test", "cur1@test", "cur2@test"]);
+    assert_eq!(ids, ["<new1@test>", "<cur1@test>", "<cur2@test>"]);
     assert_eq!(
         rows(&summary),
         vec![
@@ -202,8 +221,14 @@ fn sample_mbox() -> (Vec<u8>, Vec<u64>) {
         ),
     );
     let big = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n".repeat(1000);
-    add(&mut mbox, &message("m3", "ann@example.org", "colleague@example.org", &big));
-    add(&mut mbox, &message("m4", "ann@example.org", "colleague@example.org", "bare\rcr"));
+    add(
+        &mut mbox,
+        &message("m3", "ann@example.org", "colleague@example.org", &big),
+    );
+    add(
+        &mut mbox,
+        &message("m4", "ann@example.org", "colleague@example.org", "bare\rcr"),
+    );
     // CRLF line ends, as some exporters write.
     let crlf = twenty_external("m5").replace('\n', "\r\n");
     add(&mut mbox, &crlf);
@@ -228,9 +253,15 @@ fn mbox_gives_per_message_results_and_refusals_by_reply() {
     assert_eq!(messages[0]["action"], "accept");
     assert_eq!(messages[1]["action"], "rewrite");
     assert_eq!(messages[2]["kind"], "too_big");
-    assert!(messages[2]["smtp_reply"].as_str().unwrap().starts_with("552 5.3.4"));
+    assert!(messages[2]["smtp_reply"]
+        .as_str()
+        .unwrap()
+        .starts_with("552 5.3.4"));
     assert_eq!(messages[3]["kind"], "unreadable");
-    assert!(messages[3]["smtp_reply"].as_str().unwrap().starts_with("550 5.6.0"));
+    assert!(messages[3]["smtp_reply"]
+        .as_str()
+        .unwrap()
+        .starts_with("550 5.6.0"));
     assert_eq!(messages[4]["action"], "reject");
     assert_eq!(messages[4]["visible_count"], 20);
 
@@ -250,9 +281,14 @@ fn monitor_mode_counts_what_would_have_been_done() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sent.mbox");
     let mut mbox = String::new();
-    for (i, m) in [plain("a"), six_external("b"), six_external("c"), twenty_external("d")]
-        .iter()
-        .enumerate()
+    for (i, m) in [
+        plain("a"),
+        six_external("b"),
+        six_external("c"),
+        twenty_external("d"),
+    ]
+    .iter()
+    .enumerate()
     {
         writeln!(mbox, "From x@example.org Mon Nov  2 10:00:0{i} 2026\n{m}").unwrap();
     }
@@ -262,8 +298,20 @@ fn monitor_mode_counts_what_would_have_been_done() {
         rows(&summary),
         vec![
             row("(none)", "accept", "monitor", "delivered unchanged", 1),
-            row("many-external", "rewrite", "monitor", "would rewrite; delivered unchanged", 2),
-            row("mass-external", "reject", "monitor", "would reject; delivered unchanged", 1),
+            row(
+                "many-external",
+                "rewrite",
+                "monitor",
+                "would rewrite; delivered unchanged",
+                2
+            ),
+            row(
+                "mass-external",
+                "reject",
+                "monitor",
+                "would reject; delivered unchanged",
+                1
+            ),
         ]
     );
     assert_eq!(summary["totals"]["delivered_unchanged"], 4);
@@ -276,14 +324,22 @@ fn text_output_lists_touched_messages_and_the_table_without_a_progress_bar_on_a_
     std::fs::write(dir.path().join("1.eml"), plain("a")).unwrap();
     std::fs::write(dir.path().join("2.eml"), six_external("b")).unwrap();
     let out = bccguard(
-        &["check", "--config", "base.toml", dir.path().to_str().unwrap()],
+        &[
+            "check",
+            "--config",
+            "base.toml",
+            dir.path().to_str().unwrap(),
+        ],
         &[],
     );
     assert_eq!(out.status.code(), Some(0));
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(!text.contains("1.eml"), "untouched messages are only counted: {text}");
     assert!(
-        text.contains("2.eml: rewritten - rule 'many-external' (rewrite, enforce); 6 visible, 6 outside; Message-ID b@test"),
+        !text.contains("1.eml"),
+        "untouched messages are only counted: {text}"
+    );
+    assert!(
+        text.contains("2.eml: rewritten - rule 'many-external' (rewrite, enforce); 6 visible, 6 outside; Message-ID <b@test>"),
         "{text}"
     );
     assert!(text.contains("Summary: 2 messages from 2 files"), "{text}");
@@ -291,9 +347,16 @@ fn text_output_lists_touched_messages_and_the_table_without_a_progress_bar_on_a_
         .lines()
         .find(|l| l.contains("many-external") && l.contains("enforce") && !l.contains("2.eml"))
         .unwrap_or_else(|| panic!("a table row for the rule: {text}"));
-    assert!(table_row.contains(" 1 ") && table_row.ends_with("rewritten"), "{table_row}");
+    assert!(
+        table_row.contains(" 1 ") && table_row.ends_with("rewritten"),
+        "{table_row}"
+    );
     assert!(text.contains("Totals: 1 delivered unchanged"), "{text}");
-    assert!(out.stderr.is_empty(), "no progress bar on a pipe: {:?}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.stderr.is_empty(),
+        "no progress bar on a pipe: {:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -312,7 +375,13 @@ fn unreadable_path_exits_2_after_checking_the_rest() {
 
     // A config that does not load: the single-file error object, exit 2.
     let out = bccguard(
-        &["check", "--json", "--config", "no-such.toml", dir.path().to_str().unwrap()],
+        &[
+            "check",
+            "--json",
+            "--config",
+            "no-such.toml",
+            dir.path().to_str().unwrap(),
+        ],
         &[],
     );
     assert_eq!(out.status.code(), Some(2));
@@ -350,14 +419,26 @@ fn ten_thousand_message_mbox() {
     let (code, messages, summary) = bulk_json(&[&path], &[]);
     assert_eq!(code, Some(0));
     assert_eq!(messages.len(), 10_000);
-    assert_eq!(messages[9_999]["message_id"], "g9999@test");
+    assert_eq!(messages[9_999]["message_id"], "<g9999@test>");
     assert_eq!(summary["messages"], 10_000);
     assert_eq!(
         rows(&summary),
         vec![
-            row("(none)", "accept", "enforce", "delivered unchanged", plain_n),
+            row(
+                "(none)",
+                "accept",
+                "enforce",
+                "delivered unchanged",
+                plain_n
+            ),
             row("many-external", "rewrite", "enforce", "rewritten", six_n),
-            row("mass-external", "reject", "enforce", "refused 550 5.7.1", twenty_n),
+            row(
+                "mass-external",
+                "reject",
+                "enforce",
+                "refused 550 5.7.1",
+                twenty_n
+            ),
         ]
     );
 }

@@ -47,8 +47,21 @@ fn value(body: &str, series: &str) -> Option<f64> {
 fn certificate(dir: &std::path::Path, days: u32) -> TlsConfig {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let status = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"])
-        .args(["-nodes", "-days", &days.to_string(), "-subj", "/CN=localhost"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args([
+            "-nodes",
+            "-days",
+            &days.to_string(),
+            "-subj",
+            "/CN=localhost",
+        ])
         .arg("-keyout")
         .arg(&key)
         .arg("-out")
@@ -74,10 +87,19 @@ async fn reload_certificate_expiry_and_upstream_latency_are_exported() {
 
     let body = scrape(addr).await;
     // Present at 0 from the start, so alerts on failed reloads see a series.
-    assert_eq!(value(&body, r#"bccguard_reloads_total{result="ok"}"#), Some(0.0));
-    assert_eq!(value(&body, r#"bccguard_reloads_total{result="failed"}"#), Some(0.0));
+    assert_eq!(
+        value(&body, r#"bccguard_reloads_total{result="ok"}"#),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(&body, r#"bccguard_reloads_total{result="failed"}"#),
+        Some(0.0)
+    );
     assert!(!body.contains("bccguard_tls_certificate_expiry_timestamp_seconds{"));
-    assert_eq!(value(&body, "bccguard_upstream_latency_seconds_count"), Some(0.0));
+    assert_eq!(
+        value(&body, "bccguard_upstream_latency_seconds_count"),
+        Some(0.0)
+    );
 
     let observe = Observe::new(Some(metrics.clone()));
     observe.reload(true, Duration::from_millis(250));
@@ -89,31 +111,58 @@ async fn reload_certificate_expiry_and_upstream_latency_are_exported() {
     observe.tls_certificate(Some(&tls));
 
     let body = scrape(addr).await;
-    assert_eq!(value(&body, r#"bccguard_reloads_total{result="ok"}"#), Some(1.0));
-    assert_eq!(value(&body, r#"bccguard_reloads_total{result="failed"}"#), Some(1.0));
-    assert_eq!(value(&body, "bccguard_last_reload_duration_seconds"), Some(1.5));
+    assert_eq!(
+        value(&body, r#"bccguard_reloads_total{result="ok"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&body, r#"bccguard_reloads_total{result="failed"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&body, "bccguard_last_reload_duration_seconds"),
+        Some(1.5)
+    );
     let series = format!(
         "bccguard_tls_certificate_expiry_timestamp_seconds{{file=\"{}\"}}",
         tls.certificate.display()
     );
     let expiry = value(&body, &series).unwrap_or_else(|| panic!("{series} in\n{body}"));
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as f64;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as f64;
     let in_30_days = now + 30.0 * 86_400.0;
-    assert!((expiry - in_30_days).abs() < 300.0, "{expiry} vs {in_30_days}");
-    assert_eq!(value(&body, "bccguard_upstream_latency_seconds_count"), Some(2.0));
+    assert!(
+        (expiry - in_30_days).abs() < 300.0,
+        "{expiry} vs {in_30_days}"
+    );
+    assert_eq!(
+        value(&body, "bccguard_upstream_latency_seconds_count"),
+        Some(2.0)
+    );
     let sum = value(&body, "bccguard_upstream_latency_seconds_sum").unwrap();
     assert!((sum - 1.503).abs() < 1e-9, "{sum}");
     // 3 ms falls in the 4 ms bucket (1, 2, 4, ... ms); 1.5 s only from 2.048 s up.
     assert_eq!(
-        value(&body, r#"bccguard_upstream_latency_seconds_bucket{le="0.004"}"#),
+        value(
+            &body,
+            r#"bccguard_upstream_latency_seconds_bucket{le="0.004"}"#
+        ),
         Some(1.0)
     );
     assert_eq!(
-        value(&body, r#"bccguard_upstream_latency_seconds_bucket{le="1.024"}"#),
+        value(
+            &body,
+            r#"bccguard_upstream_latency_seconds_bucket{le="1.024"}"#
+        ),
         Some(1.0)
     );
     assert_eq!(
-        value(&body, r#"bccguard_upstream_latency_seconds_bucket{le="2.048"}"#),
+        value(
+            &body,
+            r#"bccguard_upstream_latency_seconds_bucket{le="2.048"}"#
+        ),
         Some(2.0)
     );
 

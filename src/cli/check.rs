@@ -20,9 +20,9 @@ use serde_json::json;
 use crate::config::{Action, Config, DkimOnRewrite, Mode, DEFAULT_CONFIG_PATH};
 use crate::message::{Envelope, Message, Unreadable};
 use crate::policy::{Decision, Policy};
+use crate::reply::Reply;
 use crate::rewrite::plan::{plan, Plan, Refusal, RefusalCause, Send};
 use crate::rewrite::{dkim_signatures_over_recipients, Rewriter};
-use crate::reply::Reply;
 use crate::smtp::data::{receive_whole, DataError};
 
 #[derive(clap::Args, Debug)]

@@ -38,7 +38,11 @@ pub fn is_bulk(files: &[PathBuf]) -> bool {
 }
 
 /// An mbox starts with a `From ` line; a message file never does (`From:` has a colon).
+/// Only regular files are looked into: reading a pipe would take bytes the check needs.
 fn starts_with_from_line(path: &Path) -> bool {
+    if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+        return false;
+    }
     let mut head = [0u8; 5];
     std::fs::File::open(path)
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
@@ -140,7 +144,8 @@ impl<'a> Run<'a> {
         self.summary.input_errors += 1;
         let message = format!("cannot read {}: {why}", path.display());
         if self.args.json {
-            let line = json!({"source": path.display().to_string(), "error": message, "kind": "input"});
+            let line =
+                json!({"source": path.display().to_string(), "error": message, "kind": "input"});
             self.emit(&format!("{line}\n"));
         }
         self.bar.suspend(|| eprintln!("bccguard check: {message}"));

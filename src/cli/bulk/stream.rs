@@ -103,13 +103,10 @@ impl<R: BufRead> Messages<R> {
             return Ok(None);
         }
         let mut offset = self.pos;
-        let mut first = match self.ahead.take() {
-            Some(line) => {
-                offset -= line.len() as u64;
-                Some(line)
-            }
-            None => None,
-        };
+        let mut first = self.ahead.take();
+        if let Some(line) = &first {
+            offset -= line.len() as u64;
+        }
         if self.layout == Layout::Mbox {
             if first.is_none() {
                 // Blank lines before the first `From ` line are no message.
