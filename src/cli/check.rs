@@ -35,7 +35,7 @@ pub struct CheckArgs {
     /// Envelope recipient (repeatable). Default: the visible recipients.
     #[arg(long)]
     pub rcpt: Vec<String>,
-    /// Print one JSON object instead of prose.
+    /// Print one JSON object instead of prose (in bulk: one per message, then a summary object).
     #[arg(long)]
     pub json: bool,
     /// Raw message file (- for stdin), or any number of messages: files, folders of .eml files,
