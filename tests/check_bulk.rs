@@ -442,3 +442,62 @@ fn ten_thousand_message_mbox() {
         ]
     );
 }
+
+/// Bulk and single-file `check` say the same about each message, refusals included, whether
+/// the messages come as files or packed into an mbox (mboxrd-quoted where a line says `From `).
+#[test]
+fn bulk_agrees_with_single_file_check_on_every_fixture() {
+    let mut files: Vec<PathBuf> = ["tests/fixtures/check", "tests/e2e/messages"]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(d)).unwrap())
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 6, "{files:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let mbox_path = dir.path().join("all.mbox");
+    let mut mbox = Vec::new();
+    for f in &files {
+        mbox.extend_from_slice(b"From someone@example.org Mon Nov  2 10:00:00 2026\n");
+        let raw = std::fs::read(f).unwrap();
+        for line in raw.split_inclusive(|&b| b == b'\n') {
+            let quotes = line.iter().take_while(|&&b| b == b'>').count();
+            if line[quotes..].starts_with(b"From ") {
+                mbox.push(b'>');
+            }
+            mbox.extend_from_slice(line);
+        }
+        if !raw.ends_with(b"\n") {
+            mbox.push(b'\n');
+        }
+        mbox.push(b'\n');
+    }
+    std::fs::write(&mbox_path, mbox).unwrap();
+
+    let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    let (_, as_files, _) = bulk_json(&paths, &[]);
+    let (_, in_mbox, summary) = bulk_json(&[&mbox_path], &[]);
+    assert_eq!(summary["messages"], files.len() as u64);
+    for (i, f) in files.iter().enumerate() {
+        let out = bccguard(
+            &[
+                "check",
+                "--json",
+                "--config",
+                "base.toml",
+                f.to_str().unwrap(),
+            ],
+            &[],
+        );
+        let single: Value = serde_json::from_slice(&out.stdout).unwrap();
+        for bulk in [&as_files[i], &in_mbox[i]] {
+            let mut bulk = bulk.clone();
+            let obj = bulk.as_object_mut().unwrap();
+            for extra in ["source", "index", "offset", "message_id"] {
+                obj.remove(extra);
+            }
+            assert_eq!(bulk, single, "{}", f.display());
+        }
+    }
+}
