@@ -106,7 +106,7 @@ impl<'a> Run<'a> {
         let bar = if std::io::stderr().is_terminal() {
             let bar = ProgressBar::new(total);
             let style = ProgressStyle::with_template(
-                "{spinner} {elapsed_precise} [{wide_bar}] {bytes}/{total_bytes} {msg} (eta {eta})",
+                "{spinner} {elapsed_precise} [{wide_bar}] {bytes}/{total_bytes} {msg:>16} (eta {eta})",
             )
             .map(|s| s.progress_chars("=> "));
             if let Ok(style) = style {
