@@ -121,6 +121,10 @@ private_key = "{pki[1]}"
 [auth]
 users_file = "{work / 'users'}"
 
+# The load client logs in as alice and sends as sender@client.bench.example: alice owns it.
+[auth.senders]
+alice = ["*@client.bench.example"]
+
 [upstream]
 address = "127.0.0.1:{SINK_PORT}"
 tls = "none"

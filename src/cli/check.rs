@@ -32,9 +32,15 @@ pub struct CheckArgs {
     /// Envelope sender. Default: the address in the message's From: field.
     #[arg(long)]
     pub from: Option<String>,
+    /// SMTP AUTH login name to decide as (rules may name users and groups). Default: none.
+    #[arg(long)]
+    pub auth_user: Option<String>,
     /// Envelope recipient (repeatable). Default: the visible recipients.
     #[arg(long)]
     pub rcpt: Vec<String>,
+    /// Also show every rule: which conditions held, which rule matched, which were skipped and why.
+    #[arg(long)]
+    pub explain: bool,
     /// Print one JSON object instead of prose (in bulk: one per message, then a summary object).
     #[arg(long)]
     pub json: bool,
@@ -83,6 +89,8 @@ pub(super) struct Report {
     pub(super) message_id: Option<String>,
     dkim: Option<String>,
     policy_version: String,
+    /// `--explain`: every rule and its conditions.
+    explain: Option<Vec<crate::policy::explain::RuleTrace>>,
 }
 
 pub fn run_check(args: &CheckArgs) -> ExitCode {
@@ -170,7 +178,7 @@ pub(super) fn check_received(
         ..Envelope::default()
     };
     let decision = policy
-        .decide(&message, &envelope)
+        .decide_as(&message, &envelope, args.auth_user.as_deref())
         .map_err(|u| unreadable(&u))?;
     // Without --rcpt the envelope is what the message shows (as a client would have sent it).
     envelope.recipients = if args.rcpt.is_empty() {
@@ -193,6 +201,15 @@ pub(super) fn check_received(
         Plan::Send(sends) => (describe(&sends, &decision, envelope.recipients.len()), None),
     };
     let dkim = dkim_note(&message, &decision, cfg.policy.dkim.on_rewrite);
+    let explain = if args.explain {
+        Some(
+            policy
+                .explain(&message, &envelope, args.auth_user.as_deref())
+                .map_err(|u| unreadable(&u))?,
+        )
+    } else {
+        None
+    };
     let internal = policy.internal_domains();
     let external = decision
         .visible
@@ -211,6 +228,7 @@ pub(super) fn check_received(
         message_id: message.message_id(),
         dkim,
         policy_version: policy.version(),
+        explain,
     })
 }
 
@@ -331,6 +349,25 @@ fn dkim_note(message: &Message, d: &Decision, on_rewrite: DkimOnRewrite) -> Opti
 }
 
 pub(super) fn to_json(r: &Report) -> serde_json::Value {
+    let mut v = to_json_base(r);
+    // Organisation policy (issue 15): only present when used, so existing output is unchanged.
+    if let Some(e) = &r.explain {
+        v["explain"] = json!(e);
+    }
+    if let Some(o) = &r.decision.org.override_use {
+        v["override"] = json!({
+            "by": o.by, "reason": o.reason, "allowed": o.allowed,
+            "refused_because": o.refused_because,
+            "overridden_action": o.overridden_action.as_str(),
+        });
+    }
+    if let Some(lang) = &r.decision.org.language {
+        v["language"] = json!(lang);
+    }
+    v
+}
+
+fn to_json_base(r: &Report) -> serde_json::Value {
     let d = &r.decision;
     json!({
         "action": d.action.as_str(),
@@ -426,6 +463,37 @@ fn to_text(r: &Report) -> String {
     }
     if let Some(note) = &r.dkim {
         s.push_str(&format!("DKIM:      {note}\n"));
+    }
+    if let Some(lang) = &d.org.language {
+        s.push_str(&format!("Language:  {lang} (reject texts and notices)\n"));
+    }
+    if let Some(trace) = &r.explain {
+        s.push_str(&explain_text(trace));
+    }
+    s
+}
+
+/// `--explain` in prose: every rule, in order, with each condition and whether it held.
+fn explain_text(trace: &[crate::policy::explain::RuleTrace]) -> String {
+    let mut s = String::from("Explain (rules in order; the first that matches wins):\n");
+    if trace.is_empty() {
+        s.push_str("  no rules: every message is accepted unchanged\n");
+    }
+    for (i, t) in trace.iter().enumerate() {
+        s.push_str(&format!(
+            "  {}. '{}': {} ({})\n",
+            i + 1,
+            t.rule,
+            t.result,
+            t.why
+        ));
+        for c in &t.conditions {
+            let mark = if c.held { "held    " } else { "NOT held" };
+            s.push_str(&format!("       [{mark}] {}\n", c.condition));
+        }
+    }
+    if !trace.iter().any(|t| t.result == "matched") {
+        s.push_str("  no rule matched: the message is accepted unchanged\n");
     }
     s
 }

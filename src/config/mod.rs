@@ -12,6 +12,7 @@ pub mod checks;
 mod choice;
 mod load;
 pub mod networks;
+pub mod org;
 
 pub use load::{config_path, ordinal, Origins, Pos, CONFIG_ENV, DEFAULT_CONFIG_PATH, ENV_PREFIX};
 
@@ -444,6 +445,15 @@ pub struct PolicyConfig {
     pub dkim: DkimConfig,
     #[serde(default, rename = "rule")]
     pub rules: Vec<RuleConfig>,
+    // Organisation policy (issue 15): groups, directories, override, notice templates.
+    #[serde(default)]
+    pub groups: std::collections::BTreeMap<String, org::GroupConfig>,
+    #[serde(default, rename = "directory")]
+    pub directories: Vec<org::DirectoryConfig>,
+    #[serde(default, rename = "override")]
+    pub override_: org::OverrideConfig,
+    #[serde(default)]
+    pub notices: org::NoticesConfig,
 }
 
 impl Default for PolicyConfig {
@@ -456,6 +466,10 @@ impl Default for PolicyConfig {
             trace_header: None,
             dkim: DkimConfig::default(),
             rules: Vec::new(),
+            groups: Default::default(),
+            directories: Vec::new(),
+            override_: Default::default(),
+            notices: Default::default(),
         }
     }
 }
@@ -489,6 +503,25 @@ pub struct RuleConfig {
     /// After a rewrite or split, send the sender a short notice of what was done and why.
     #[serde(default)]
     pub notify_sender: bool,
+    // Conditions on who sent it (issue 15), compiled by `policy::sender`.
+    /// SMTP AUTH login names (or address patterns); a message without AUTH never matches.
+    #[serde(default)]
+    pub auth_users: Vec<String>,
+    #[serde(default)]
+    pub except_auth_users: Vec<String>,
+    /// Patterns for the address in the From: field.
+    #[serde(default)]
+    pub from_header: Vec<String>,
+    #[serde(default)]
+    pub except_from_header: Vec<String>,
+    /// Names from `[policy.groups]`.
+    #[serde(default)]
+    pub sender_groups: Vec<String>,
+    #[serde(default)]
+    pub except_sender_groups: Vec<String>,
+    /// Whose membership `sender_groups` tests (default `envelope_sender`).
+    #[serde(default)]
+    pub sender_groups_of: org::GroupsOf,
     /// For a `rewrite` rule: what to do with a calendar invitation instead, since hiding To/Cc
     /// leaves every attendee listed in the invitation: "split" (one copy per invitee, each
     /// listing only the organizer and that invitee) or "reject" (the default).
@@ -514,6 +547,13 @@ impl RuleConfig {
             action,
             message: None,
             notify_sender: false,
+            auth_users: Vec::new(),
+            except_auth_users: Vec::new(),
+            from_header: Vec::new(),
+            except_from_header: Vec::new(),
+            sender_groups: Vec::new(),
+            except_sender_groups: Vec::new(),
+            sender_groups_of: Default::default(),
             calendar_action: None,
             mode: None,
         }

@@ -89,7 +89,9 @@ async fn run(
     message: &Message,
     held: &mut Option<UpstreamSession>,
 ) -> Outcome {
-    let mut decision = match rules.policy.decide(message, job.envelope) {
+    // Rules may name the AUTH user and groups (issue 15).
+    let auth_user = job.client.auth_user.as_deref();
+    let mut decision = match rules.policy.decide_as(message, job.envelope, auth_user) {
         Ok(d) => d,
         Err(unreadable) => {
             reset_upstream(held).await;
@@ -116,9 +118,10 @@ async fn run(
 
     // Phase one of the audit: nothing is handed on unless the decision is on disk.
     // A message an exemption let through is always recorded: the exemption is an intervention
-    // of its own (someone chose to let this list be shown).
-    let audited =
-        stages.audit.wants(decision.action, decision.mode) || decision.exempted_by.is_some();
+    // of its own (someone chose to let this list be shown). So is every override request (issue 15).
+    let audited = stages.audit.wants(decision.action, decision.mode)
+        || decision.exempted_by.is_some()
+        || decision.org.override_use.is_some();
     let visible_count = decision.visible.len();
     let decision_seq = if audited {
         // The list moves into the record (no copy); nothing after this reads more than its length.

@@ -14,6 +14,10 @@ pub fn sender_notice(
     let host = header_safe(hostname);
     let subject = field_value(original_header, "Subject").filter(|s| !s.is_empty());
     let msgid = field_value(original_header, "Message-ID").filter(|s| !s.is_empty());
+    // A notice from the sender's language's template (policy::templates) replaces the built-in text.
+    if let Some((title, text)) = &d.org.notice {
+        return templated_notice(&host, sender, title, text, msgid.as_deref());
+    }
     let (title, what) = match d.action {
         Action::Split => (
             "Your message was sent as separate copies, one per recipient",
@@ -65,6 +69,35 @@ pub fn sender_notice(
     m.into_bytes()
 }
 
+/// The notice with a templated Subject and body (body lines get CRLF ends).
+fn templated_notice(
+    host: &str,
+    sender: &str,
+    title: &str,
+    text: &str,
+    msgid: Option<&str>,
+) -> Vec<u8> {
+    let mut m = String::with_capacity(1024);
+    m.push_str(&format!("From: \"Mail relay\" <MAILER-DAEMON@{host}>\r\n"));
+    m.push_str(&format!("To: <{}>\r\n", header_safe(sender)));
+    m.push_str(&format!("Subject: {}\r\n", header_safe(title)));
+    m.push_str(&format!("Date: {}\r\n", rfc5322_now()));
+    m.push_str(&format!("Message-ID: {}\r\n", new_message_id(host)));
+    if let Some(id) = msgid {
+        m.push_str(&format!("In-Reply-To: {id}\r\nReferences: {id}\r\n"));
+    }
+    m.push_str("Auto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\n");
+    m.push_str("Content-Type: text/plain; charset=utf-8\r\n");
+    let body: String = text
+        .lines()
+        .map(|l| format!("{}\r\n", l.trim_end_matches('\r')))
+        .collect();
+    let cte = if body.is_ascii() { "7bit" } else { "8bit" };
+    m.push_str(&format!("Content-Transfer-Encoding: {cte}\r\n\r\n"));
+    m.push_str(&body);
+    m.into_bytes()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,6 +117,7 @@ mod tests {
             notify_sender: true,
             not_counted: vec![],
             lenient_fields: vec![],
+            org: Default::default(),
             visible_attendees: vec![],
             exempted_by: None,
         };

@@ -164,18 +164,21 @@ impl Health for ProbeHealth {
     }
 
     fn notes(&self) -> Vec<String> {
+        // Directories down: the relay works on their last good answer (policy::directory).
+        let mut notes = crate::policy::directory::health_notes();
         let Some((status, _)) = &self.spool else {
-            return Vec::new();
+            return notes;
         };
         let st = status();
         if st.entries == 0 {
-            return Vec::new();
+            return notes;
         }
-        vec![format!(
+        notes.push(format!(
             "degraded: spool holds {} copies for retry, oldest waiting {} s",
             st.entries,
             st.oldest_age.as_secs()
-        )]
+        ));
+        notes
     }
 }
 

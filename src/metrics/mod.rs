@@ -456,6 +456,23 @@ impl Metrics {
             "Time from sending the end of a message's DATA to the upstream's reply",
             m.upstream_latency_seconds.clone(),
         );
+        // Directory groups (policy::directory): the series live there, shared by these clones.
+        let dir = &*crate::policy::directory::METRICS;
+        m.registry.register(
+            "directory_up",
+            "Whether the last group lookup in each [[policy.directory]] succeeded (0: serving the last good answer)",
+            dir.up.clone(),
+        );
+        m.registry.register(
+            "directory_lookups",
+            "Group refresh rounds against each directory",
+            dir.lookups.clone(),
+        );
+        m.registry.register(
+            "directory_failures",
+            "Group refresh rounds that failed, per directory",
+            dir.failures.clone(),
+        );
         for result in ["hit", "miss"] {
             let _ = m.auth_cache.get_or_create(&ResultLabels { result });
         }

@@ -122,20 +122,7 @@ fn is_calendar(part: &mail_parser::MessagePart<'_>) -> bool {
 fn decode_body(body: &[u8], encoding: TransferEncoding) -> Vec<u8> {
     match encoding {
         TransferEncoding::Identity => body.to_vec(),
-        TransferEncoding::Base64 => {
-            let clean: Vec<u8> = body
-                .iter()
-                .copied()
-                .filter(|b| !b.is_ascii_whitespace())
-                .collect();
-            let engine = base64::engine::GeneralPurpose::new(
-                &base64::alphabet::STANDARD,
-                base64::engine::GeneralPurposeConfig::new()
-                    .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent)
-                    .with_decode_allow_trailing_bits(true),
-            );
-            engine.decode(clean).unwrap_or_default()
-        }
+        TransferEncoding::Base64 => super::rfc2047::lenient_base64(body).unwrap_or_default(),
         TransferEncoding::QuotedPrintable => decode_qp(body),
     }
 }

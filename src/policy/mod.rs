@@ -4,8 +4,14 @@
 
 pub mod address;
 pub mod calendar;
+pub mod directory;
+pub mod explain;
+pub mod groups;
+pub mod overrides;
 pub mod rfc2047;
 pub mod rules;
+pub mod sender;
+pub mod templates;
 pub mod visible;
 
 use sha2::{Digest, Sha256};
@@ -23,6 +29,9 @@ pub struct Policy {
     internal: InternalDomains,
     rules: Vec<Rule>,
     version: String,
+    groups: groups::Groups,
+    override_: Option<overrides::Override>,
+    templates: Option<templates::Templates>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +57,8 @@ pub struct Decision {
     pub not_counted: Vec<String>,
     /// Header fields the finder could not read strictly and counted on the safe side.
     pub lenient_fields: Vec<String>,
+    /// Organisation policy: override used or refused, markers to strip, notice language.
+    pub org: overrides::OrgDetail,
     /// A rule that would have intervened but for its `except_senders` (and no later rule did):
     /// the message goes out unchanged and is always audited.
     pub exempted_by: Option<String>,
@@ -69,7 +80,13 @@ impl Decision {
 impl Policy {
     /// Compiles the rules; an error names the key and rule that make no sense.
     pub fn new(cfg: &PolicyConfig) -> anyhow::Result<Policy> {
-        let (internal, rules) = rules::compile(cfg).map_err(anyhow::Error::msg)?;
+        let groups = groups::Groups::compile(cfg).map_err(anyhow::Error::msg)?;
+        let (internal, rules) =
+            rules::compile_with_groups(cfg, &groups).map_err(anyhow::Error::msg)?;
+        let override_ =
+            overrides::Override::compile(&cfg.override_, &groups).map_err(anyhow::Error::msg)?;
+        let templates =
+            templates::Templates::compile(&cfg.notices, &groups).map_err(anyhow::Error::msg)?;
         // serde_json of the whole section is canonical enough: field order is the struct's,
         // and any change an admin can make to behaviour changes these bytes.
         let canonical = serde_json::to_vec(cfg)?;
@@ -79,6 +96,9 @@ impl Policy {
             internal,
             rules,
             version,
+            groups,
+            override_,
+            templates,
         })
     }
 
@@ -187,6 +207,7 @@ impl Policy {
             }
             s.push_str(".\n");
         }
+        s.push_str(&self.describe_org());
         match &self.cfg.trace_header {
             Some(h) => s.push_str(&format!("Altered messages carry a \"{h}:\" trace field.\n")),
             None => s.push_str("No trace field is added to altered messages.\n"),
@@ -209,16 +230,117 @@ impl Policy {
         s
     }
 
+    /// Groups, directories, override and notice languages in words (issue 15).
+    fn describe_org(&self) -> String {
+        let mut s = String::new();
+        for name in self.groups.names() {
+            if let Some(g) = self.groups.get(name) {
+                s.push_str(&format!("Group '{name}': {}.\n", g.origin()));
+            }
+        }
+        for d in self.groups.directories() {
+            s.push_str(&format!(
+                "Directory '{}': {}; groups refreshed in the background, the last good answer is used while it is down.\n",
+                d.name(),
+                if d.is_up() { "reachable" } else { "NOT reachable now" }
+            ));
+        }
+        let o = &self.cfg.override_;
+        if self.override_.is_some() {
+            let mut how = format!("a \"{}: <reason>\" field", o.header);
+            if let Some(t) = &o.subject_tag {
+                how.push_str(&format!(" or \"[{t}: <reason>]\" in the Subject"));
+            }
+            s.push_str(&format!(
+                "Override: {how} from {} (users: {}; groups: {}) lets a message show its recipients; a reason is required, the marker is removed, every request is audited.\n",
+                o.identity.as_str(),
+                if o.users.is_empty() { "-".to_string() } else { o.users.join(", ") },
+                if o.groups.is_empty() { "-".to_string() } else { o.groups.join(", ") },
+            ));
+        }
+        if let Some(dir) = &self.cfg.notices.templates {
+            s.push_str(&format!(
+                "Notices and reject texts: templates in {} (default language {}{}).\n",
+                dir.display(),
+                self.cfg.notices.default_language,
+                self.cfg
+                    .notices
+                    .languages
+                    .iter()
+                    .map(|l| format!(
+                        "; {} for {}",
+                        l.lang,
+                        [l.groups.join(", "), l.domains.join(", ")]
+                            .iter()
+                            .filter(|x| !x.is_empty())
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                    .collect::<String>()
+            ));
+        }
+        s
+    }
+
     /// The decision for one message. The envelope's recipients do not change what the message
     /// shows (they matter to the plan); its sender is a rule condition.
     pub fn decide(&self, message: &Message, envelope: &Envelope) -> Result<Decision, Unreadable> {
+        self.decide_as(message, envelope, None)
+    }
+
+    /// [`Policy::decide`] knowing the SMTP AUTH user (rules may name users and groups).
+    pub fn decide_as(
+        &self,
+        message: &Message,
+        envelope: &Envelope,
+        auth_user: Option<&str>,
+    ) -> Result<Decision, Unreadable> {
         let v = visible::find_visible_in(message.raw(), &message.header())?;
-        Ok(self.decide_visible(&envelope.sender, v))
+        let sender = sender_of(message, envelope, auth_user);
+        let mut d = self.decide_sender(&sender, v);
+        if let Some(t) = &self.templates {
+            let rule = d
+                .rule
+                .as_deref()
+                .and_then(|n| self.rules.iter().find(|r| r.name == n));
+            t.apply(message, &sender, rule, &mut d);
+        }
+        if let Some(o) = &self.override_ {
+            o.apply(message, &sender, &mut d);
+        }
+        Ok(d)
     }
 
     /// The decision for an already-found visible set (pure: no message bytes).
     pub fn decide_visible(&self, sender: &str, v: Visible) -> Decision {
-        let outcome = rules::evaluate(&self.internal, &self.rules, sender, &v);
+        let s = sender::Sender {
+            envelope: sender.to_string(),
+            ..Default::default()
+        };
+        self.decide_sender(&s, v)
+    }
+
+    /// Every rule's conditions for this message (for `check --explain`).
+    pub fn explain(
+        &self,
+        message: &Message,
+        envelope: &Envelope,
+        auth_user: Option<&str>,
+    ) -> Result<Vec<explain::RuleTrace>, Unreadable> {
+        let v = visible::find_visible_in(message.raw(), &message.header())?;
+        let sender = sender_of(message, envelope, auth_user);
+        Ok(explain::explain(&self.internal, &self.rules, &sender, &v))
+    }
+
+    /// The groups the rules and the override may name.
+    pub fn groups(&self) -> &groups::Groups {
+        &self.groups
+    }
+
+    /// The decision for an already-found visible set, knowing who sent it.
+    pub fn decide_sender(&self, sender: &sender::Sender, v: Visible) -> Decision {
+        let outcome = rules::evaluate_sender(&self.internal, &self.rules, sender, &v);
         let rule = outcome.rule.and_then(|i| self.rules.get(i));
         // A rule may be trialled in monitor mode while the policy enforces (or the reverse).
         let mode = outcome
@@ -256,6 +378,7 @@ impl Policy {
             notify_sender: rule.is_some_and(|r| r.notify_sender),
             not_counted: outcome.not_counted,
             lenient_fields: v.lenient_fields,
+            org: Default::default(),
             visible_attendees: v.attendees,
             exempted_by: match rule {
                 None => outcome
@@ -315,6 +438,24 @@ impl Policy {
         }
         s.push('.');
         s
+    }
+}
+
+/// Who sent `message`: the envelope sender, the From: field's first address (read with our own
+/// address reader; an unreadable From: simply has none) and the AUTH user.
+pub fn sender_of(
+    message: &Message,
+    envelope: &Envelope,
+    auth_user: Option<&str>,
+) -> sender::Sender {
+    let from_header = message
+        .field("From")
+        .and_then(|v| address::parse_address_list(v).ok())
+        .and_then(|l| l.addresses.into_iter().find(|a| !a.is_empty()));
+    sender::Sender {
+        envelope: envelope.sender.clone(),
+        from_header,
+        auth_user: auth_user.map(str::to_string),
     }
 }
 

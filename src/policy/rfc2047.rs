@@ -63,20 +63,7 @@ fn decode_token(tok: &[u8]) -> Option<Vec<u8>> {
         return None;
     }
     let bytes = match enc {
-        b"B" | b"b" => {
-            let clean: Vec<u8> = text
-                .iter()
-                .copied()
-                .filter(|b| !b.is_ascii_whitespace())
-                .collect();
-            let engine = base64::engine::GeneralPurpose::new(
-                &base64::alphabet::STANDARD,
-                base64::engine::GeneralPurposeConfig::new()
-                    .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent)
-                    .with_decode_allow_trailing_bits(true),
-            );
-            engine.decode(clean).ok()?
-        }
+        b"B" | b"b" => lenient_base64(text)?,
         b"Q" | b"q" => decode_q(text),
         _ => return None,
     };
@@ -166,6 +153,23 @@ pub fn words(v: &[u8]) -> Vec<(std::ops::Range<usize>, Vec<u8>)> {
         }
     }
     out
+}
+
+/// Base64 as mail readers decode it: whitespace skipped, padding optional, stray trailing bits
+/// tolerated (what a reader shows is what counts, not what the encoder should have written).
+pub(crate) fn lenient_base64(text: &[u8]) -> Option<Vec<u8>> {
+    let clean: Vec<u8> = text
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    let engine = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent)
+            .with_decode_allow_trailing_bits(true),
+    );
+    engine.decode(clean).ok()
 }
 
 #[cfg(test)]

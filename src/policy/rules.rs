@@ -6,6 +6,8 @@ use std::collections::BTreeSet;
 
 use crate::config::{Action, PolicyConfig, RuleConfig};
 use crate::policy::address::canonical_domain;
+use crate::policy::groups::Groups;
+use crate::policy::sender::{self, Sender, Who};
 use crate::policy::Visible;
 
 /// An address pattern from the config: `user@domain` (whole address) or `*@domain` (any user).
@@ -237,6 +239,8 @@ pub struct Rule {
     pub action: Action,
     pub message: Option<String>,
     pub notify_sender: bool,
+    /// Conditions on who sent it (auth user, From: address, groups): see `policy::sender`.
+    pub who: Vec<Who>,
     /// What a `rewrite` does to a calendar invitation instead: `Split` or `Reject`.
     pub calendar_action: Action,
 }
@@ -314,6 +318,7 @@ impl Rule {
             action: r.action,
             message: r.message.as_ref().map(|m| m.trim().to_string()),
             notify_sender: r.notify_sender,
+            who: Vec::new(),
             calendar_action,
         })
     }
@@ -325,6 +330,12 @@ impl Rule {
             && self.min_external_domains.unwrap_or(0) == 0
             && self.senders.is_empty()
             && self.except_senders.is_empty()
+            && self.who.is_empty()
+    }
+
+    /// Whether every who-condition holds for this sender.
+    pub fn who_holds(&self, sender: &Sender) -> bool {
+        self.who.iter().all(|w| w.holds(sender))
     }
 
     pub fn applies_to_sender(&self, sender: &str) -> bool {
@@ -386,6 +397,7 @@ impl Rule {
                 join_patterns(&self.except_senders, " nor ")
             ));
         }
+        out.extend(self.who.iter().map(Who::in_words));
         out
     }
 
@@ -417,10 +429,21 @@ pub fn plural<'a>(n: usize, one: &'a str, many: &'a str) -> &'a str {
 
 /// Compiles and checks every rule; errors name the rule and key.
 pub fn compile(cfg: &PolicyConfig) -> Result<(InternalDomains, Vec<Rule>), String> {
+    compile_with_groups(cfg, &Groups::compile(cfg)?)
+}
+
+/// [`compile`] with the groups already compiled (the policy keeps them for overrides and notices).
+pub fn compile_with_groups(
+    cfg: &PolicyConfig,
+    groups: &Groups,
+) -> Result<(InternalDomains, Vec<Rule>), String> {
     let internal = InternalDomains::new(&cfg.internal_domains, cfg.include_subdomains)?;
     let mut rules: Vec<Rule> = Vec::with_capacity(cfg.rules.len());
     for (i, rc) in cfg.rules.iter().enumerate() {
-        let rule = Rule::compile(i, rc)?;
+        let mut rule = Rule::compile(i, rc)?;
+        rule.who = sender::compile(rc, groups, &|field: &str| {
+            format!("key `policy.rule[{i}].{field}` (rule '{}')", rc.name)
+        })?;
         if let Some(prev) = rules
             .iter()
             .find(|r| r.name.eq_ignore_ascii_case(&rule.name))
@@ -465,11 +488,28 @@ pub fn evaluate(
     sender: &str,
     visible: &Visible,
 ) -> Outcome {
+    let sender = Sender {
+        envelope: sender.to_string(),
+        ..Sender::default()
+    };
+    evaluate_sender(internal, rules, &sender, visible)
+}
+
+/// [`evaluate`] with everything known about who sent it.
+pub fn evaluate_sender(
+    internal: &InternalDomains,
+    rules: &[Rule],
+    sender: &Sender,
+    visible: &Visible,
+) -> Outcome {
     let all = count(internal, &visible.addresses);
     let mut exempted_by = None;
     for (i, rule) in rules.iter().enumerate() {
-        if !rule.applies_to_sender(sender) {
-            if exempted_by.is_none() && rule.exempts_sender(sender) {
+        if !rule.who_holds(sender) {
+            continue;
+        }
+        if !rule.applies_to_sender(&sender.envelope) {
+            if exempted_by.is_none() && rule.exempts_sender(&sender.envelope) {
                 let counted: Vec<&String> = visible
                     .addresses
                     .iter()

@@ -17,6 +17,7 @@ use std::ops::Range;
 use crate::config::{DkimOnRewrite, PolicyConfig, RewriteTo};
 use crate::message::header::HeaderSection;
 use crate::message::Message;
+use crate::policy::overrides::OrgDetail;
 use crate::policy::Decision;
 
 /// One message as it leaves: the (possibly edited) header section and the untouched body.
@@ -83,22 +84,31 @@ impl Rewriter {
 
     /// Unchanged except that any `Bcc` (and `Resent-Bcc`) field is removed.
     pub fn pass_through<'a>(&self, message: &'a Message) -> Result<Outgoing<'a>, RewriteError> {
+        self.pass_through_for(message, &OrgDetail::default())
+    }
+
+    /// [`Rewriter::pass_through`] that also removes the decision's override marker.
+    pub fn pass_through_for<'a>(
+        &self,
+        message: &'a Message,
+        org: &OrgDetail,
+    ) -> Result<Outgoing<'a>, RewriteError> {
         let raw = message.raw();
         let h = message.header();
-        let removed: Vec<Range<usize>> = h
+        let mut edits: Vec<(Range<usize>, Vec<u8>)> = h
             .fields
             .iter()
             .filter(|f| is_one_of(f.name, BLIND_FIELDS))
-            .map(|f| f.range.clone())
+            .map(|f| (f.range.clone(), Vec::new()))
             .collect();
+        edits.extend(org_edits(&h, org));
         let body = &raw[h.body_offset..];
-        if removed.is_empty() {
+        if edits.is_empty() {
             return Ok(Outgoing {
                 header: Cow::Borrowed(&raw[..h.body_offset]),
                 body: Cow::Borrowed(body),
             });
         }
-        let edits = removed.into_iter().map(|r| (r, Vec::new())).collect();
         let header = apply_edits(raw, h.body_offset, edits);
         Ok(Outgoing {
             header: Cow::Owned(header),
@@ -194,6 +204,9 @@ impl Rewriter {
                 }
             } else if is_one_of(f.name, BLIND_FIELDS) {
                 edits.push((f.range.clone(), Vec::new()));
+            } else if is_org_edited(f, &d.org) {
+                // Override marker (policy::overrides): edited below, once.
+                continue;
             } else if f.name_is("received") {
                 let kept = traces::received_without_for(bytes);
                 let text = kept.as_deref().unwrap_or(bytes);
@@ -264,6 +277,7 @@ impl Rewriter {
         }
         let at = traces::to_anchor(&h);
         edits.push((at..at, added));
+        edits.extend(org_edits(&h, &d.org));
         let mut header = apply_edits(raw, h.body_offset, edits);
         let body = &raw[h.body_offset..];
         if resign {
@@ -288,6 +302,29 @@ impl Rewriter {
 /// split breaks them. Empty for an unreadable header.
 pub fn dkim_signatures_over_recipients(message: &Message) -> Vec<String> {
     dkim::signatures_covering(&message.header(), RECIPIENT_FIELDS)
+}
+
+/// Whether organisation policy edits this field (an override marker to strip or a tagged Subject).
+fn is_org_edited(f: &crate::message::header::HeaderField<'_>, org: &OrgDetail) -> bool {
+    org.strip_fields.iter().any(|n| f.name_is(n))
+        || (org.subject_field.is_some() && f.name_is("subject"))
+}
+
+/// The edits that remove override markers (policy::overrides) from the header.
+fn org_edits(h: &HeaderSection<'_>, org: &OrgDetail) -> Vec<(Range<usize>, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut subject_done = false;
+    for f in &h.fields {
+        if org.strip_fields.iter().any(|n| f.name_is(n)) {
+            out.push((f.range.clone(), Vec::new()));
+        } else if let (Some(s), true, false) =
+            (&org.subject_field, f.name_is("subject"), subject_done)
+        {
+            out.push((f.range.clone(), s.clone()));
+            subject_done = true;
+        }
+    }
+    out
 }
 
 fn is_one_of(name: &[u8], names: &[&str]) -> bool {
@@ -360,6 +397,7 @@ mod tests {
             notify_sender: false,
             not_counted: vec![],
             lenient_fields: vec![],
+            org: Default::default(),
             visible_attendees: vec![],
             exempted_by: None,
         }

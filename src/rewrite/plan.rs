@@ -116,7 +116,7 @@ pub fn plan<'m>(
             ),
             cause: RefusalCause::Policy,
         }),
-        Action::Accept => whole(rw.pass_through(message)),
+        Action::Accept => whole(rw.pass_through_for(message, &d.org)),
         Action::Rewrite => whole(rw.hide_recipients(message, &envelope.sender, d)),
         Action::Split => {
             // Every copy is prepared before any leaves: a refusal must stop the whole message.

@@ -224,17 +224,24 @@ async fn wait_for_stop_signal(shared: &Arc<Shared>, config_path: &Path) {
         tokio::select! {
             _ = term.recv() => return,
             _ = tokio::signal::ctrl_c() => return,
-            _ = hup.recv() => reload(shared, config_path),
+            _ = hup.recv() => reload(shared, config_path).await,
         }
     }
 }
 
 /// Re-reads the config; a bad one is refused and the old one kept.
-fn reload(shared: &Shared, config_path: &Path) {
-    let started = std::time::Instant::now(); // metrics: reload duration
-    let result = Config::load(config_path)
-        .map_err(anyhow::Error::from)
-        .and_then(|cfg| Live::build(&cfg).map(|live| (cfg, live)));
+async fn reload(shared: &Shared, config_path: &Path) {
+    // metrics: reload duration
+    let started = std::time::Instant::now();
+    // Off the runtime: building the policy may wait for a directory's first answer.
+    let path = config_path.to_path_buf();
+    let built = tokio::task::spawn_blocking(move || {
+        Config::load(&path)
+            .map_err(anyhow::Error::from)
+            .and_then(|cfg| Live::build(&cfg).map(|live| (cfg, live)))
+    })
+    .await;
+    let result = built.unwrap_or_else(|e| Err(anyhow::anyhow!("reload task failed: {e}")));
     match result {
         Ok((cfg, live)) => {
             let old_version = shared.live().policy.version();
@@ -249,7 +256,6 @@ fn reload(shared: &Shared, config_path: &Path) {
             shared.stages.audit.set_policy_version(&version);
             shared.replace_live(live);
             tracing::info!(old = %old_version, new = %version, "reload: policy, TLS certificates and users reloaded: {}", shared.live().policy.describe_one_line());
-            // admin: one line
             shared.stages.metrics.reload(true, started.elapsed()); // metrics
             shared.stages.metrics.tls_certificate(cfg.tls.as_ref()); // metrics
         }
