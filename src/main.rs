@@ -43,7 +43,8 @@ struct ConfigArg {
 enum Command {
     /// Run the relay.
     Serve(ConfigArg),
-    /// Dry-run the policy on one raw message (FILE, or - for stdin); sends nothing.
+    /// Dry-run the policy on a raw message (FILE, or - for stdin), or on every message of
+    /// folders, Maildirs and mbox files with a summary per rule; sends nothing.
     Check(bccguard::cli::check::CheckArgs),
     /// Configuration tools.
     Config {

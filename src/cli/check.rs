@@ -1,6 +1,8 @@
 //! `bccguard check` (dry-run the policy on one message). (`config check` is in `cli::config`.)
 //! `check` builds the same [`Message`] and runs the same plan as `serve`, so it reports what
 //! the relay does with the same bytes, refusals and their replies included.
+//! Several files, a folder, a Maildir or an mbox: see [`super::bulk`] (same checks per message,
+//! then a summary).
 //!
 //! Exit codes: `check` exits 0 whatever the decision and 2 when the config, the file or the
 //! message cannot be read. With `--json`, stdout always carries exactly one JSON object: the
@@ -18,6 +20,7 @@ use serde_json::json;
 use crate::config::{Action, Config, DkimOnRewrite, Mode, DEFAULT_CONFIG_PATH};
 use crate::message::{Envelope, Message, Unreadable};
 use crate::policy::{Decision, Policy};
+use crate::reply::Reply;
 use crate::rewrite::plan::{plan, Plan, Refusal, RefusalCause, Send};
 use crate::rewrite::{dkim_signatures_over_recipients, Rewriter};
 use crate::smtp::data::{receive_whole, DataError};
@@ -38,40 +41,52 @@ pub struct CheckArgs {
     /// Also show every rule: which conditions held, which rule matched, which were skipped and why.
     #[arg(long)]
     pub explain: bool,
-    /// Print one JSON object instead of prose.
+    /// Print one JSON object instead of prose (in bulk: one per message, then a summary object).
     #[arg(long)]
     pub json: bool,
-    /// Raw message file, or - for stdin.
-    pub file: PathBuf,
+    /// Raw message file (- for stdin), or any number of messages: files, folders of .eml files,
+    /// Maildirs (cur/ and new/) and mbox files, each message dry-run with a summary at the end.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
 }
 
 /// Why `check` could not produce a decision.
-struct Failure {
-    kind: &'static str,
-    message: String,
+pub(super) struct Failure {
+    pub(super) kind: &'static str,
+    pub(super) message: String,
     /// The reply `serve` gives the same bytes, when it would refuse them.
-    smtp_reply: Option<String>,
+    pub(super) smtp_reply: Option<String>,
+    /// The same reply as a value, for the bulk summary (counted by reply code).
+    pub(super) reply: Option<Reply>,
 }
 
 impl Failure {
-    fn new(kind: &'static str, message: impl Into<String>) -> Failure {
+    pub(super) fn new(kind: &'static str, message: impl Into<String>) -> Failure {
         Failure {
             kind,
             message: message.into(),
             smtp_reply: None,
+            reply: None,
         }
+    }
+
+    pub(super) fn to_json(&self) -> serde_json::Value {
+        json!({"error": self.message, "kind": self.kind, "smtp_reply": self.smtp_reply})
     }
 }
 
 /// Everything `check` reports about one message.
-struct Report {
-    decision: Decision,
+pub(super) struct Report {
+    pub(super) decision: Decision,
     sender: String,
     sender_source: &'static str,
     envelope: Vec<String>,
     external: Vec<bool>,
-    delivered_as: String,
+    pub(super) delivered_as: String,
     smtp_reply: Option<String>,
+    /// The relay's own refusal (policy, DKIM, unreadable), for the bulk summary.
+    pub(super) refusal: Option<Refusal>,
+    pub(super) message_id: Option<String>,
     dkim: Option<String>,
     policy_version: String,
     /// `--explain`: every rule and its conditions.
@@ -79,6 +94,9 @@ struct Report {
 }
 
 pub fn run_check(args: &CheckArgs) -> ExitCode {
+    if super::bulk::is_bulk(&args.files) {
+        return super::bulk::run(args);
+    }
     match check(args) {
         Ok(report) => {
             if args.json {
@@ -90,10 +108,7 @@ pub fn run_check(args: &CheckArgs) -> ExitCode {
         }
         Err(f) => {
             if args.json {
-                println!(
-                    "{}",
-                    json!({"error": f.message, "kind": f.kind, "smtp_reply": f.smtp_reply})
-                );
+                println!("{}", f.to_json());
             }
             eprintln!("bccguard check: {}", f.message);
             ExitCode::from(2)
@@ -101,20 +116,54 @@ pub fn run_check(args: &CheckArgs) -> ExitCode {
     }
 }
 
+/// What every message is checked against: the config, policy and rewriter `serve` would load.
+pub(super) struct Checker {
+    pub(super) cfg: Config,
+    policy: Policy,
+    rewriter: Rewriter,
+}
+
+impl Checker {
+    pub(super) fn load(config: &Path) -> Result<Checker, Failure> {
+        let cfg = Config::load(config).map_err(|e| Failure::new("config", e.to_string()))?;
+        let shown = config.display();
+        let policy = Policy::new(&cfg.policy)
+            .map_err(|e| Failure::new("config", format!("{shown}: {e:#}")))?;
+        let rewriter = Rewriter::new(&cfg.policy)
+            .map_err(|e| Failure::new("config", format!("{shown}: {e:#}")))?;
+        Ok(Checker {
+            cfg,
+            policy,
+            rewriter,
+        })
+    }
+
+    pub(super) fn max_size(&self) -> usize {
+        self.cfg.server.max_message_size
+    }
+}
+
 fn check(args: &CheckArgs) -> Result<Report, Failure> {
-    let cfg = Config::load(&args.config).map_err(|e| Failure::new("config", e.to_string()))?;
-    let shown = args.config.display();
-    let policy =
-        Policy::new(&cfg.policy).map_err(|e| Failure::new("config", format!("{shown}: {e:#}")))?;
-    let rewriter = Rewriter::new(&cfg.policy)
-        .map_err(|e| Failure::new("config", format!("{shown}: {e:#}")))?;
+    let checker = Checker::load(&args.config)?;
+    let file = args.files.first().map_or(Path::new("-"), PathBuf::as_path);
     // The bytes `serve` would hold at the end of DATA had a client sent this file (DATA's rules
     // and replies included), then the same value it builds from them, refused the same way.
-    let received = receive_whole(
-        &client_line_ends(&read_input(&args.file)?),
-        cfg.server.max_message_size,
-    )
-    .map_err(|e| refused_data(e, cfg.server.max_message_size))?;
+    let received = receive_whole(&client_line_ends(&read_input(file)?), checker.max_size());
+    check_received(&checker, args, received)
+}
+
+/// The decision and plan for one message as DATA left it (`Err`: refused by DATA's rules).
+pub(super) fn check_received(
+    checker: &Checker,
+    args: &CheckArgs,
+    received: Result<Vec<u8>, DataError>,
+) -> Result<Report, Failure> {
+    let Checker {
+        cfg,
+        policy,
+        rewriter,
+    } = checker;
+    let received = received.map_err(|e| refused_data(e, cfg.server.max_message_size))?;
     let message = Message::parse(received).map_err(|r| unreadable(&r.why))?;
 
     let (sender, sender_source) = match &args.from {
@@ -138,7 +187,7 @@ fn check(args: &CheckArgs) -> Result<Report, Failure> {
         args.rcpt.iter().map(|r| r.trim().to_string()).collect()
     };
 
-    let (delivered_as, smtp_reply) = match plan(&rewriter, &decision, &message, &envelope) {
+    let (delivered_as, refusal) = match plan(rewriter, &decision, &message, &envelope) {
         Plan::Refuse(refusal) => (
             match refusal.cause {
                 RefusalCause::Policy => "nothing: the message is refused",
@@ -147,7 +196,7 @@ fn check(args: &CheckArgs) -> Result<Report, Failure> {
                 RefusalCause::Signing => "nothing: the relay could not sign it (try again later)",
             }
             .to_string(),
-            Some(refusal.reply.to_string()),
+            Some(refusal),
         ),
         Plan::Send(sends) => (describe(&sends, &decision, envelope.recipients.len()), None),
     };
@@ -174,7 +223,9 @@ fn check(args: &CheckArgs) -> Result<Report, Failure> {
         envelope: envelope.recipients,
         external,
         delivered_as,
-        smtp_reply,
+        smtp_reply: refusal.as_ref().map(|r| r.reply.to_string()),
+        refusal,
+        message_id: message.message_id(),
         dkim,
         policy_version: policy.version(),
         explain,
@@ -188,6 +239,7 @@ fn unreadable(u: &Unreadable) -> Failure {
         kind: "unreadable",
         message: format!("the relay would refuse this message ({reply})"),
         smtp_reply: Some(reply.to_string()),
+        reply: Some(reply),
     }
 }
 
@@ -201,12 +253,13 @@ fn refused_data(e: DataError, max_size: usize) -> Failure {
         },
         message: format!("the relay would refuse this message ({reply})"),
         smtp_reply: Some(reply.to_string()),
+        reply: Some(reply),
     }
 }
 
 /// The file as a mail client sends it: files on disk often end lines in LF alone, and clients
 /// send every line end as CRLF. A lone CR stays (serve refuses it, so check does too).
-fn client_line_ends(raw: &[u8]) -> Vec<u8> {
+pub(super) fn client_line_ends(raw: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(raw.len() + raw.len() / 32);
     let mut prev = 0u8;
     for &b in raw {
@@ -295,7 +348,7 @@ fn dkim_note(message: &Message, d: &Decision, on_rewrite: DkimOnRewrite) -> Opti
     Some(format!("signature {who} covers To/Cc; {consequence}"))
 }
 
-fn to_json(r: &Report) -> serde_json::Value {
+pub(super) fn to_json(r: &Report) -> serde_json::Value {
     let mut v = to_json_base(r);
     // Organisation policy (issue 15): only present when used, so existing output is unchanged.
     if let Some(e) = &r.explain {

@@ -1,7 +1,8 @@
-//! Offline commands for admins: `check`, `config check|show`, `audit verify|query|report`,
+//! Offline commands for admins: `check` (one message, or in bulk), `config check|show`, `audit verify|query|report`,
 //! `spool list|flush`, `passwd`.
 
 pub mod audit;
+pub mod bulk;
 pub mod check;
 pub mod config;
 pub mod report;

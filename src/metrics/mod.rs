@@ -6,6 +6,7 @@
 //! peer input, so a client cannot blow up the number of series.
 //! [`http`] serves the registry and readiness; [`health`] has the readiness probe.
 
+pub mod cert;
 pub mod health;
 pub mod http;
 pub mod observe;
@@ -263,6 +264,12 @@ struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertificateLabels {
+    /// The certificate file as configured (`tls.certificate`).
+    file: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
     version: &'static str,
 }
@@ -287,6 +294,10 @@ pub struct Metrics {
     auth_cache: Family<ResultLabels, Counter>,
     auth_attempts: Family<ResultLabels, Counter>,
     tls_sessions: Family<KindLabels, Counter>,
+    reloads: Family<ResultLabels, Counter>,
+    last_reload_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    tls_certificate_expiry: Family<CertificateLabels, Gauge>,
+    upstream_latency_seconds: Histogram,
 }
 
 impl fmt::Debug for Metrics {
@@ -322,6 +333,12 @@ impl Metrics {
             auth_cache: Family::default(),
             auth_attempts: Family::default(),
             tls_sessions: Family::default(),
+            reloads: Family::default(),
+            last_reload_seconds: Gauge::default(),
+            tls_certificate_expiry: Family::default(),
+            // End of DATA to the upstream's reply: 1 ms .. ~65 s, doubling (content filters
+            // behind the upstream can take tens of seconds).
+            upstream_latency_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
         };
         // prometheus-client appends `_info`: this is `bccguard_build_info`.
         m.registry.register(
@@ -415,6 +432,29 @@ impl Metrics {
             "tls_inbound_sessions",
             "Inbound TLS handshakes completed, by kind (full, resumed)",
             m.tls_sessions.clone(),
+        );
+        m.registry.register(
+            "reloads",
+            "Configuration reloads (SIGHUP), by result (ok; failed: the running configuration was kept)",
+            m.reloads.clone(),
+        );
+        for result in ["ok", "failed"] {
+            let _ = m.reloads.get_or_create(&ResultLabels { result });
+        }
+        m.registry.register(
+            "last_reload_duration_seconds",
+            "Time the last reload took (successful or not)",
+            m.last_reload_seconds.clone(),
+        );
+        m.registry.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "notAfter of the served TLS certificate chain (the earliest in the file), in seconds since the Unix epoch; set at start and on reload",
+            m.tls_certificate_expiry.clone(),
+        );
+        m.registry.register(
+            "upstream_latency_seconds",
+            "Time from sending the end of a message's DATA to the upstream's reply",
+            m.upstream_latency_seconds.clone(),
         );
         // Directory groups (policy::directory): the series live there, shared by these clones.
         let dir = &*crate::policy::directory::METRICS;
@@ -618,6 +658,31 @@ impl Metrics {
                 event: event.as_str(),
             })
             .inc();
+    }
+
+    /// A reload (SIGHUP) finished in `elapsed`: applied (`ok`) or refused.
+    pub fn reload(&self, ok: bool, elapsed: Duration) {
+        let result = if ok { "ok" } else { "failed" };
+        self.reloads.get_or_create(&ResultLabels { result }).inc();
+        self.last_reload_seconds.set(elapsed.as_secs_f64());
+    }
+
+    /// The served certificate in `file` expires at `not_after` (seconds since the epoch); `None`
+    /// = no TLS certificate is served (any earlier series is removed).
+    pub fn tls_certificate_expiry(&self, certificate: Option<(&str, i64)>) {
+        self.tls_certificate_expiry.clear();
+        if let Some((file, not_after)) = certificate {
+            self.tls_certificate_expiry
+                .get_or_create(&CertificateLabels {
+                    file: file.to_string(),
+                })
+                .set(not_after);
+        }
+    }
+
+    /// The upstream replied to the end of DATA `elapsed` after it was sent.
+    pub fn upstream_latency(&self, elapsed: Duration) {
+        self.upstream_latency_seconds.observe(elapsed.as_secs_f64());
     }
 
     /// Current value of `bccguard_spool_entries`.

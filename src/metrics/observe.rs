@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Action, Mode};
+use crate::config::{Action, Mode, TlsConfig};
 use crate::metrics::{BytesHeld, Metrics, RejectReason, SessionGuard, TlsSide};
 
 #[derive(Clone, Default)]
@@ -94,6 +94,37 @@ impl Observe {
             if !ok {
                 m.audit_write_failed();
             }
+        }
+    }
+
+    /// A reload finished (`ok`: applied) after `elapsed`.
+    pub fn reload(&self, ok: bool, elapsed: Duration) {
+        if let Some(m) = &self.metrics {
+            m.reload(ok, elapsed);
+        }
+    }
+
+    /// Sets the certificate expiry gauge from the `[tls]` certificate file (at start and after
+    /// a reload). A file that cannot be read here was refused by the loader already.
+    pub fn tls_certificate(&self, tls: Option<&TlsConfig>) {
+        let Some(m) = &self.metrics else {
+            return;
+        };
+        let expiry = tls.and_then(|t| {
+            let pem = std::fs::read(&t.certificate).ok()?;
+            let earliest = super::cert::earliest_not_after(&pem)?;
+            Some((t.certificate.display().to_string(), earliest))
+        });
+        if tls.is_some() && expiry.is_none() {
+            tracing::warn!("TLS certificate expiry unreadable: bccguard_tls_certificate_expiry_timestamp_seconds not set");
+        }
+        m.tls_certificate_expiry(expiry.as_ref().map(|(f, t)| (f.as_str(), *t)));
+    }
+
+    /// The upstream's reply to the end of DATA came `elapsed` after it was sent.
+    pub fn upstream_latency(&self, elapsed: Duration) {
+        if let Some(m) = &self.metrics {
+            m.upstream_latency(elapsed);
         }
     }
 

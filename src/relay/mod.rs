@@ -541,8 +541,12 @@ impl UpstreamSession {
         }
         // The final reply gets its own, longer wait (RFC 5321 4.5.3.2.6).
         let secs = self.data_reply_timeout.as_secs();
+        let sent = Instant::now(); // metrics: upstream latency
         match tokio::time::timeout(self.data_reply_timeout, self.client.read()).await {
-            Ok(Ok(r)) => Ok(self.answered(&r)),
+            Ok(Ok(r)) => {
+                self.metrics.upstream_latency(sent.elapsed()); // metrics
+                Ok(self.answered(&r))
+            }
             Ok(Err(e)) => Err(self.transport_err(e, secs)),
             Err(_) => Err(self.transport_err(mail_send::Error::Timeout, secs)),
         }

@@ -36,6 +36,21 @@ pub enum End {
     Io(std::io::Error),
 }
 
+/// The `end=` value of the "disconnected" log line: one word an admin can grep for, and the
+/// error text for an I/O failure.
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            End::Quit => f.write_str("quit"),
+            End::Closed => f.write_str("closed"),
+            End::Timeout => f.write_str("timeout"),
+            End::Shutdown => f.write_str("shutdown"),
+            End::TooManyErrors => f.write_str("too_many_errors"),
+            End::Io(e) => write!(f, "io: {e}"),
+        }
+    }
+}
+
 /// What reading one command line produced.
 pub enum Line {
     /// The line, CRLF included.
@@ -320,5 +335,36 @@ impl<S: Io> AsyncWrite for Stream<S> {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::End;
+
+    #[test]
+    fn end_shows_as_one_greppable_word() {
+        let shown: Vec<String> = [
+            End::Quit,
+            End::Closed,
+            End::Timeout,
+            End::Shutdown,
+            End::TooManyErrors,
+            End::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        assert_eq!(
+            shown,
+            [
+                "quit",
+                "closed",
+                "timeout",
+                "shutdown",
+                "too_many_errors",
+                "io: connection reset"
+            ]
+        );
     }
 }

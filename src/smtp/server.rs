@@ -73,6 +73,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         .as_ref()
         .map(|_| Arc::new(crate::metrics::Metrics::new()));
     let observe = Observe::new(metrics.clone());
+    observe.tls_certificate(cfg.tls.as_ref()); // metrics: certificate expiry gauge
     let upstream = Upstream::new(&cfg.upstream, &cfg.server.hostname, observe.clone())?;
     let audit =
         AuditLog::open(&cfg.audit, &live.policy.version()).context("opening the audit log")?;
@@ -230,6 +231,8 @@ async fn wait_for_stop_signal(shared: &Arc<Shared>, config_path: &Path) {
 
 /// Re-reads the config; a bad one is refused and the old one kept.
 async fn reload(shared: &Shared, config_path: &Path) {
+    // metrics: reload duration
+    let started = std::time::Instant::now();
     // Off the runtime: building the policy may wait for a directory's first answer.
     let path = config_path.to_path_buf();
     let built = tokio::task::spawn_blocking(move || {
@@ -253,8 +256,13 @@ async fn reload(shared: &Shared, config_path: &Path) {
             shared.stages.audit.set_policy_version(&version);
             shared.replace_live(live);
             tracing::info!(old = %old_version, new = %version, "reload: policy, TLS certificates and users reloaded: {}", shared.live().policy.describe_one_line());
+            shared.stages.metrics.reload(true, started.elapsed()); // metrics
+            shared.stages.metrics.tls_certificate(cfg.tls.as_ref()); // metrics
         }
-        Err(e) => tracing::error!("reload refused, keeping the running configuration: {e:#}"),
+        Err(e) => {
+            shared.stages.metrics.reload(false, started.elapsed()); // metrics
+            tracing::error!("reload refused, keeping the running configuration: {e:#}");
+        }
     }
 }
 
@@ -419,7 +427,7 @@ async fn serve_connection(
     let end = Session::new(shared.clone(), listener, id, peer, stream, shutdown)
         .run()
         .await;
-    tracing::info!(end = ?end, "disconnected");
+    tracing::info!(end = %end, "disconnected");
 }
 
 /// The client's real address: the socket peer, or what a trusted load balancer's PROXY header says.
