@@ -118,7 +118,8 @@ impl<S: Io> Session<S> {
             self.conn.input.drain(..take);
             remaining -= take;
         }
-        let (Some((mut checker, message, in_flight)), None) = (pending, refusal.clone()) else {
+        // `pending` is there exactly when there was no refusal.
+        let Some((mut checker, message, in_flight)) = pending else {
             return Ok(refusal
                 .unwrap_or_else(|| Reply::new(503, (5, 5, 1), "Need MAIL and RCPT first"))
                 .into());
