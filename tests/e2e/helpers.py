@@ -920,6 +920,8 @@ class FaultUpstream(PyUpstream):
         self.drop_every = drop_every
         self.reply_delay = reply_delay
         self.down_after = down_after
+        # Set by a test: go down right after keeping the next copy to a recipient with this prefix.
+        self.down_after_rcpt_prefix: str | None = None
         self.data_ends = 0
         self.dropped = 0
         self.down_since: float | None = None
@@ -1029,8 +1031,15 @@ class FaultUpstream(PyUpstream):
                     if self.reply_delay:
                         await asyncio.sleep(self.reply_delay)
                     await reply(f"250 2.0.0 Ok: queued as F{n}")
+                    kept_for = list(rcpts)
                     sender, rcpts = None, []
                     if self.down_after and n == self.down_after:
+                        self._go_down()
+                        return
+                    prefix = self.down_after_rcpt_prefix
+                    if prefix and any(r.startswith(prefix) for r in kept_for):
+                        # Mid-split on purpose: this copy is out, the message's next ones are not.
+                        self.down_after_rcpt_prefix = None
                         self._go_down()
                         return
                 elif verb == "RSET":

@@ -146,7 +146,10 @@ def test_split_under_dropped_data_and_kill9_loses_nothing(harness):
         # partly out must go to the spool. While it is still down (copies waiting in the spool),
         # kill -9 the relay, then restart it with the same config and spool folder.
         wait_until(lambda: len(acked) >= messages // 3, timeout=60, what="a third of the messages acknowledged")
-        up.set_down(True)
+        # Down right after some message's first copy is kept: that message's other copies cannot
+        # go out, so the relay must spool them (not left to the timing of the 6 clients).
+        up.down_after_rcpt_prefix = "r0."
+        wait_until(lambda: up.down_since is not None, timeout=30, what="the upstream going down mid-split")
         time.sleep(5)
         spooled_at_kill = len(spool_list(relay))
         kill_at = time.monotonic()
