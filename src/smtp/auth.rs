@@ -399,15 +399,11 @@ mod tests {
             svc.verify(ip, "alice", "s3cret", &obs).await,
             AuthVerdict::Ok
         );
-        let t = Instant::now();
+        // The repeat login is a cache hit (counted below); its cost is measured in bench/run's
+        // tls rows, not timed here, where a loaded CI box would make it flaky.
         assert_eq!(
             svc.verify(ip, "alice", "s3cret", &obs).await,
             AuthVerdict::Ok
-        );
-        let hit_time = t.elapsed();
-        assert!(
-            hit_time < Duration::from_millis(5),
-            "cache hit took {hit_time:?}"
         );
         // Same password, other user; same user, other password: not hits.
         assert_eq!(
