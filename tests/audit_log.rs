@@ -42,10 +42,12 @@ fn event(i: usize) -> AuditEvent {
         action: Action::Rewrite,
         mode: Mode::Enforce,
         reason: "6 external recipients were visible to each other".to_string(),
-        visible: vec![
+        visible: [
             format!("bob{i}@partner.example"),
             "Carol@Other.EXAMPLE".to_string(),
-        ],
+        ]
+        .into_iter()
+        .collect(),
         visible_external: 2,
         external_domains: 2,
         envelope_recipients: 2,
@@ -914,14 +916,14 @@ fn two_million_visible_addresses_make_a_bounded_record_that_survives_restart() {
         .collect();
     let list_bytes: usize = visible.iter().map(|a| a.len()).sum();
     let mut e = event(1);
-    e.visible = visible;
+    e.visible = visible.iter().collect();
     e.visible_external = N;
     e.envelope_recipients = N;
     let log = AuditLog::open(&cfg, "pv").unwrap();
     let rt = rt();
     let key = audit::HmacKey::load(&cfg.hmac_key_file).unwrap();
-    let first = e.visible[0].clone();
-    let hundred_and_first = e.visible[100].clone();
+    let first = e.visible[0].to_string();
+    let hundred_and_first = e.visible[100].to_string();
 
     // Peak RSS from here on (echo 5 > clear_refs resets VmHWM; other tests share the process).
     let _ = fs::write("/proc/self/clear_refs", "5");

@@ -31,7 +31,7 @@ fn shipped_like(mode: Mode) -> PolicyConfig {
 
 fn visible(addrs: &[String]) -> Visible {
     Visible {
-        addresses: addrs.to_vec(),
+        addresses: addrs.iter().collect(),
         bcc_present: false,
         lenient_fields: vec![],
         attendees: vec![],

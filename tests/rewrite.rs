@@ -33,7 +33,7 @@ fn decision(action: Action) -> Decision {
     let d = Policy::new(&cfg).unwrap().decide_visible(
         "alice@example.org",
         Visible {
-            addresses: vec!["a@x.net".into(), "b@y.net".into()],
+            addresses: ["a@x.net", "b@y.net"].into_iter().collect(),
             bcc_present: true,
             lenient_fields: vec![],
             attendees: vec![],
@@ -683,7 +683,7 @@ fn rewrite_leaves_no_envelope_or_visible_recipient_in_the_header() {
     let rw = Rewriter::new(&cfg).unwrap();
 
     let out = rw.hide_recipients(m, "alice@example.org", &d).unwrap();
-    assert_no_recipient_named(&out.header, &d.visible);
+    assert_no_recipient_named(&out.header, &d.visible.to_vec());
     assert_body_borrowed(m.raw(), &out);
     let text = String::from_utf8_lossy(&out.header);
     // What stays is byte for byte: the Received fields minus only their `for` clause, the
@@ -710,7 +710,7 @@ fn rewrite_leaves_no_envelope_or_visible_recipient_in_the_header() {
         let header = String::from_utf8_lossy(&out.header).into_owned();
         let without_own_to = header.replacen(&format!("To: <{rcpt}>\r\n"), "", 1);
         assert_ne!(header, without_own_to, "no To: <{rcpt}>:\n{header}");
-        assert_no_recipient_named(without_own_to.as_bytes(), &d.visible);
+        assert_no_recipient_named(without_own_to.as_bytes(), &d.visible.to_vec());
     }
 }
 

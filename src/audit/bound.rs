@@ -7,6 +7,7 @@ use super::pseudonym::{HmacKey, PREFIX};
 use super::record::{Kind, OutcomeRecord, RecipientSummary, Record};
 use super::{AuditError, AuditEvent, AuditOutcome};
 use crate::config::{Action, Mode, RecipientStorage};
+use crate::policy::AddressSet;
 
 /// No line of the log is longer than this (LF included).
 pub const MAX_RECORD_BYTES: usize = 64 * 1024;
@@ -30,7 +31,7 @@ pub struct Precomputed {
 pub fn precompute(
     storage: RecipientStorage,
     key: Option<&HmacKey>,
-    visible: &mut Vec<String>,
+    visible: &mut AddressSet,
 ) -> Option<Precomputed> {
     let needs_key = storage == RecipientStorage::Hmac;
     if visible.len() <= LIST_ALL_UP_TO
@@ -42,7 +43,7 @@ pub fn precompute(
     let sha256 = recipients_digest(storage, key, visible);
     let count = visible.len();
     visible.truncate(LISTED_WHEN_SUMMARISED);
-    visible.shrink_to_fit();
+    visible.freeze();
     Some(Precomputed { count, sha256 })
 }
 
@@ -92,32 +93,50 @@ fn cap_opt(s: &Option<String>, max: usize) -> Option<String> {
 }
 
 /// Hex SHA-256 over the stored forms of all `visible` addresses, sorted, each followed by LF.
+/// Sorting holds 8 bytes an address (an index and a MAC prefix), never a copy of the list or
+/// of its MACs; the MACs are computed again in sorted order.
 pub fn recipients_digest(
     storage: RecipientStorage,
     key: Option<&HmacKey>,
-    visible: &[String],
+    visible: &AddressSet,
 ) -> String {
     let mut h = ring::digest::Context::new(&ring::digest::SHA256);
+    let entry = |i: u64| visible.get(i as usize).unwrap_or_default();
     match (storage, key) {
         (RecipientStorage::Hmac, Some(key)) => {
             let batch = key.batch();
-            let mut macs: Vec<[u8; 32]> = visible.iter().map(|a| batch.raw(a)).collect();
-            macs.sort_unstable();
+            // (first 4 MAC bytes << 32) | index: sorted, equal prefixes end up side by side.
+            let mut order: Vec<u64> = visible
+                .iter()
+                .enumerate()
+                .map(|(i, a)| {
+                    let m = batch.raw(a);
+                    (u64::from(u32::from_be_bytes([m[0], m[1], m[2], m[3]])) << 32) | i as u64
+                })
+                .collect();
+            order.sort_unstable();
             let mut buf = [0u8; 5 + 64 + 1];
             buf[..5].copy_from_slice(PREFIX.as_bytes());
             buf[69] = b'\n';
-            for m in &macs {
-                // 32 bytes always fit 64 hex digits.
-                if hex::encode_to_slice(m, &mut buf[5..69]).is_ok() {
-                    h.update(&buf);
+            for run in order.chunk_by(|a, b| a >> 32 == b >> 32) {
+                let mut macs: Vec<[u8; 32]> = run
+                    .iter()
+                    .map(|&k| batch.raw(entry(k & 0xffff_ffff)))
+                    .collect();
+                macs.sort_unstable();
+                for m in &macs {
+                    // 32 bytes always fit 64 hex digits.
+                    if hex::encode_to_slice(m, &mut buf[5..69]).is_ok() {
+                        h.update(&buf);
+                    }
                 }
             }
         }
         _ => {
-            let mut sorted: Vec<&str> = visible.iter().map(String::as_str).collect();
-            sorted.sort_unstable();
-            for a in sorted {
-                h.update(a.as_bytes());
+            let mut order: Vec<u32> = (0..visible.len().min(u32::MAX as usize) as u32).collect();
+            order.sort_unstable_by(|&a, &b| entry(a.into()).cmp(entry(b.into())));
+            for i in order {
+                h.update(entry(i.into()).as_bytes());
                 h.update(b"\n");
             }
         }
@@ -149,9 +168,9 @@ pub fn event_line(e: &AuditEvent, c: &Context<'_>) -> Result<(Vec<u8>, String), 
         return Err(AuditError::Unavailable("no HMAC key loaded".into()));
     }
     let batch = c.key.map(HmacKey::batch);
-    let stored = |a: &String| match &batch {
+    let stored = |a: &str| match &batch {
         Some(b) => b.pseudonym(a),
-        None => a.clone(),
+        None => a.to_string(),
     };
     let count = c.summary.map_or(e.visible.len(), |s| s.count);
     let mut digest: Option<String> = c.summary.map(|s| s.sha256.clone());
@@ -255,8 +274,8 @@ mod tests {
     #[test]
     fn digest_ignores_order_and_matches_the_documented_form() {
         let key = HmacKey::from_bytes(vec![7; 32]);
-        let a = vec!["b@x.org".to_string(), "a@x.org".to_string()];
-        let b = vec!["a@X.ORG".to_string(), "b@x.org".to_string()];
+        let a: AddressSet = ["b@x.org", "a@x.org"].into_iter().collect();
+        let b: AddressSet = ["a@X.ORG", "b@x.org"].into_iter().collect();
         let da = recipients_digest(RecipientStorage::Hmac, Some(&key), &a);
         assert_eq!(
             da,
@@ -268,5 +287,29 @@ mod tests {
         assert_eq!(da, hex::encode(Sha256::digest(text.as_bytes())));
         let dp = recipients_digest(RecipientStorage::Plain, None, &a);
         assert_eq!(dp, hex::encode(Sha256::digest(b"a@x.org\nb@x.org\n")));
+    }
+
+    /// 200,000 addresses give a few MACs that share their first four bytes: the digest still
+    /// equals the one over every pseudonym sorted whole.
+    #[test]
+    fn digest_of_a_long_list_equals_the_plain_sort() {
+        let key = HmacKey::from_bytes(vec![9; 32]);
+        let list: AddressSet = (0..200_000).map(|i| format!("u{i}@x.org")).collect();
+        let mut stored: Vec<String> = list.iter().map(|x| key.pseudonym(x)).collect();
+        let prefixes: std::collections::HashSet<&str> = stored.iter().map(|s| &s[5..13]).collect();
+        assert!(prefixes.len() < stored.len(), "no shared prefix to test");
+        stored.sort();
+        let text: String = stored.iter().map(|s| format!("{s}\n")).collect();
+        assert_eq!(
+            recipients_digest(RecipientStorage::Hmac, Some(&key), &list),
+            hex::encode(Sha256::digest(text.as_bytes()))
+        );
+        let mut plain = list.to_vec();
+        plain.sort();
+        let text: String = plain.iter().map(|s| format!("{s}\n")).collect();
+        assert_eq!(
+            recipients_digest(RecipientStorage::Plain, None, &list),
+            hex::encode(Sha256::digest(text.as_bytes()))
+        );
     }
 }

@@ -169,7 +169,7 @@ pub struct AuditEvent {
     pub mode: Mode,
     pub reason: String,
     /// Visible addresses (pseudonymised or dropped per config before writing).
-    pub visible: Vec<String>,
+    pub visible: crate::policy::AddressSet,
     pub visible_external: usize,
     pub external_domains: usize,
     pub envelope_recipients: usize,

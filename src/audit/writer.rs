@@ -640,7 +640,7 @@ mod tests {
             action: Action::Reject,
             mode: Mode::Enforce,
             reason: "r".into(),
-            visible: vec!["x@example.net".into()],
+            visible: ["x@example.net"].into_iter().collect(),
             visible_external: 1,
             external_domains: 1,
             envelope_recipients: 1,

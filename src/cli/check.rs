@@ -182,7 +182,7 @@ pub(super) fn check_received(
         .map_err(|u| unreadable(&u))?;
     // Without --rcpt the envelope is what the message shows (as a client would have sent it).
     envelope.recipients = if args.rcpt.is_empty() {
-        decision.visible.clone()
+        decision.visible.to_vec()
     } else {
         args.rcpt.iter().map(|r| r.trim().to_string()).collect()
     };
@@ -288,8 +288,7 @@ fn read_input(file: &Path) -> Result<Vec<u8>, Failure> {
 /// The first address in the From: field, as a mail client would use it for MAIL FROM.
 fn from_field_address(message: &Message) -> Option<String> {
     // Our own reader, not mail-parser: it must not panic on whatever file an admin feeds it.
-    let list = crate::policy::address::parse_address_list(message.field("From")?).ok()?;
-    list.addresses.into_iter().find(|a| !a.is_empty())
+    crate::policy::address::FirstAddress::of(message.field("From")?)
 }
 
 /// What would leave the relay, in words.

@@ -7,7 +7,7 @@ use crate::audit::{header_digest, AuditEvent};
 use crate::config::{Action, Mode};
 use crate::message::Message;
 use crate::metrics::RejectReason;
-use crate::policy::Decision;
+use crate::policy::{AddressSet, Decision};
 use crate::reply::Reply;
 use crate::rewrite::plan::{Refusal, RefusalCause};
 
@@ -136,7 +136,7 @@ fn base_event(
     message_id: Option<String>,
     header: &[u8],
     d: Option<&Decision>,
-    visible: Vec<String>,
+    visible: AddressSet,
 ) -> AuditEvent {
     AuditEvent {
         session: job.client.session_id.clone(),
@@ -173,7 +173,7 @@ pub async fn record_decision(
     job: &Job<'_>,
     message: &Message,
     d: &Decision,
-    visible: Vec<String>,
+    visible: AddressSet,
 ) -> Result<u64, ()> {
     let event = base_event(
         job,

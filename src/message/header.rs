@@ -17,7 +17,15 @@ pub enum HeaderError {
     /// header cannot be split for sure.
     #[error("header line {line} contains a carriage return without line feed (bare CR)")]
     BareCr { line: usize },
+    /// Every field costs a fixed record however short it is; a header of millions of empty
+    /// fields would make memory a multiple of the message that a peer chooses.
+    #[error("the header section has more than {MAX_FIELDS} fields")]
+    TooManyFields,
 }
+
+/// Most fields a header section may have (mail seen in practice has a few dozen; a loop is
+/// stopped by MTAs at 50 to 100 Received fields).
+pub const MAX_FIELDS: usize = 10_000;
 
 #[derive(Debug, Clone)]
 pub struct HeaderField<'a> {
@@ -81,6 +89,9 @@ pub fn split(raw: &[u8]) -> Result<HeaderSection<'_>, HeaderError> {
             if name.is_empty() || !name.iter().all(|&b| (33..=126).contains(&b)) {
                 return Err(HeaderError::MalformedLine { line: line_no });
             }
+            if fields.len() == MAX_FIELDS {
+                return Err(HeaderError::TooManyFields);
+            }
             value_starts.push(pos + colon + 1);
             fields.push(HeaderField {
                 name,
@@ -124,6 +135,16 @@ mod tests {
         assert_eq!(&raw[h.fields[1].range.clone()], b"To : b@y,\r\n c@z\r\n");
         assert_eq!(&raw[h.body_offset..], b"body\r\n");
         assert_eq!(h.header_end, raw.len() - 8);
+    }
+
+    #[test]
+    fn refuses_more_fields_than_the_bound() {
+        let mut raw = b"X: y\r\n".repeat(MAX_FIELDS);
+        raw.extend_from_slice(b"\r\nbody\r\n");
+        assert_eq!(split(&raw).expect("at the bound").fields.len(), MAX_FIELDS);
+        let mut raw = b"X: y\r\n".repeat(MAX_FIELDS + 1);
+        raw.extend_from_slice(b"\r\nbody\r\n");
+        assert_eq!(split(&raw).unwrap_err(), HeaderError::TooManyFields);
     }
 
     #[test]

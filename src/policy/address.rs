@@ -59,6 +59,7 @@
 //! never recursion) and parsers that only move forward; the lenient chain scans are bounded by
 //! the neighbouring `@` tokens, so every token is visited a constant number of times.
 
+use super::address_set::AddressSet;
 use super::rfc2047;
 
 /// A field whose tokens cannot be determined with certainty.
@@ -82,6 +83,8 @@ pub enum AddressError {
     EmptyDomain,
     #[error("an address that is not valid UTF-8")]
     NotUtf8,
+    #[error("a list entry of more than 65,536 words and dots between separators")]
+    TooLong,
 }
 
 /// The addresses of one field, in the order written (duplicates kept; the caller de-duplicates).
@@ -92,15 +95,107 @@ pub struct AddressList {
     pub lenient: bool,
 }
 
+/// Where a reading puts the addresses it finds, as it finds them: a field of millions of
+/// addresses goes straight into the message's [`AddressSet`], never into a list of its own.
+pub trait Sink {
+    /// Adds one address; true when the sink did not hold it yet.
+    fn push(&mut self, address: String) -> bool;
+    /// A point to go back to: a strict reading that fails part-way is replaced, not added to.
+    fn mark(&self) -> usize;
+    fn rollback(&mut self, mark: usize);
+}
+
+impl Sink for Vec<String> {
+    fn push(&mut self, address: String) -> bool {
+        Vec::push(self, address);
+        true
+    }
+    fn mark(&self) -> usize {
+        self.len()
+    }
+    fn rollback(&mut self, mark: usize) {
+        self.truncate(mark);
+    }
+}
+
+impl Sink for AddressSet {
+    fn push(&mut self, address: String) -> bool {
+        self.insert(&address)
+    }
+    fn mark(&self) -> usize {
+        self.len()
+    }
+    fn rollback(&mut self, mark: usize) {
+        self.truncate(mark);
+    }
+}
+
+/// Keeps the first non-empty address only (a From: field of a million addresses costs one).
+#[derive(Default)]
+pub struct FirstAddress {
+    first: Option<(usize, String)>,
+    pushed: usize,
+}
+
+impl FirstAddress {
+    /// The first non-empty address of a field, if it can be read at all.
+    pub fn of(value: &[u8]) -> Option<String> {
+        let mut sink = FirstAddress::default();
+        read_field(value, &mut sink).ok()?;
+        sink.first.map(|(_, a)| a)
+    }
+}
+
+impl Sink for FirstAddress {
+    fn push(&mut self, address: String) -> bool {
+        if self.first.is_none() && !address.is_empty() {
+            self.first = Some((self.pushed, address));
+        }
+        self.pushed += 1;
+        true
+    }
+    fn mark(&self) -> usize {
+        self.pushed
+    }
+    fn rollback(&mut self, mark: usize) {
+        if self.first.as_ref().is_some_and(|(at, _)| *at >= mark) {
+            self.first = None;
+        }
+        self.pushed = mark;
+    }
+}
+
+/// Only asks whether a reading succeeds.
+struct Discard;
+
+impl Sink for Discard {
+    fn push(&mut self, _: String) -> bool {
+        true
+    }
+    fn mark(&self) -> usize {
+        0
+    }
+    fn rollback(&mut self, _: usize) {}
+}
+
 /// Reads one address-list field value (everything after the colon, folds included): the
 /// RFC 5322 reading, united with the lenient readers' readings where they can differ.
 pub fn parse_address_list(value: &[u8]) -> Result<AddressList, AddressError> {
+    let mut addresses = Vec::new();
+    let lenient = read_field(value, &mut addresses)?;
+    Ok(AddressList { addresses, lenient })
+}
+
+/// [`parse_address_list`] into `out`; returns whether the field was read leniently. Memory
+/// apart from `out` stays bounded whatever the field holds (a token window, see [`Tokens`]),
+/// except where other readers' readings must be united: then the field's own addresses are
+/// kept in one more [`AddressSet`] while it is read.
+pub fn read_field(value: &[u8], out: &mut dyn Sink) -> Result<bool, AddressError> {
     let has_ew = memchr::memmem::find(value, b"=?").is_some();
     let has_backslash = memchr::memchr(b'\\', value).is_some();
-    let primary = read(value, Lexing::RFC);
     let glued = glued_quoted_at(value);
     if !has_ew && !has_backslash && !glued {
-        return primary;
+        return read(value, Lexing::RFC, out);
     }
     let decoded = if has_ew {
         rfc2047::decode_all(value)
@@ -123,31 +218,31 @@ pub fn parse_address_list(value: &[u8]) -> Result<AddressList, AddressError> {
             readings.push((d, Lexing::ESCAPES));
         }
     }
-    let (mut out, mut lenient) = match primary {
-        Ok(l) => (l.addresses, l.lenient || disagreement_class(value)),
+    // The field's addresses over every reading, first-seen order.
+    let mut field = AddressSet::new();
+    let mut lenient = match read(value, Lexing::RFC, &mut field) {
+        Ok(l) => l || disagreement_class(value),
         Err(e) => {
             // Unreadable for RFC readers, but a common reader's tokens are certain: the field
             // plainly shows mailboxes, so count every reading plus every address-like text.
-            let other_certain = (has_ew && read(value, Lexing::ENCODED_WORDS).is_ok())
-                || (has_backslash && read(value, Lexing::ESCAPES).is_ok())
-                || (has_ew && has_backslash && read(value, Lexing::BOTH).is_ok());
+            let certain = |mode| read(value, mode, &mut Discard).is_ok();
+            let other_certain = (has_ew && certain(Lexing::ENCODED_WORDS))
+                || (has_backslash && certain(Lexing::ESCAPES))
+                || (has_ew && has_backslash && certain(Lexing::BOTH));
             if !other_certain {
                 return Err(e);
             }
-            (scavenge(value), true)
+            field = AddressSet::new();
+            scavenge(value, &mut field);
+            true
         }
     };
-    let mut seen: std::collections::HashSet<String> = out.iter().cloned().collect();
     // An encoded word that decodes to an address: some reader shows it as one, whatever the
     // structure around it (Python re-renders decoded names and scripts parse that again).
     if let Some(d) = decoded.as_deref() {
-        if rfc2047::words(value).iter().any(|(_, t)| t.contains(&b'@')) {
+        if rfc2047::words(value).any(|(_, t)| t.contains(&b'@')) {
             lenient = true;
-            for a in scavenge(d) {
-                if seen.insert(a.clone()) {
-                    out.push(a);
-                }
-            }
+            scavenge(d, &mut field);
         }
     }
     if glued {
@@ -159,34 +254,28 @@ pub fn parse_address_list(value: &[u8]) -> Result<AddressList, AddressError> {
             .filter(|&b| b != b'"' && b != b'\\')
             .collect();
         lenient = true;
-        for a in scavenge(&unquoted) {
-            if seen.insert(a.clone()) {
-                out.push(a);
-            }
-        }
+        scavenge(&unquoted, &mut field);
     }
     for (text, mode) in readings {
-        let addresses = match read(text, mode) {
-            Ok(l) => {
-                lenient |= l.lenient;
-                l.addresses
-            }
+        let mut reading = AddressSet::new();
+        match read(text, mode, &mut reading) {
+            Ok(l) => lenient |= l,
             Err(_) => {
                 lenient = true;
-                scavenge(text)
+                reading = AddressSet::new();
+                scavenge(text, &mut reading);
             }
-        };
-        for a in addresses {
-            if seen.insert(a.clone()) {
-                out.push(a);
+        }
+        for a in &reading {
+            if field.insert(a) {
                 lenient = true;
             }
         }
     }
-    Ok(AddressList {
-        addresses: out,
-        lenient,
-    })
+    for a in &field {
+        out.push(a.to_string());
+    }
+    Ok(lenient)
 }
 
 /// Whether the field holds a construct on which common readers disagree even when their
@@ -194,64 +283,69 @@ pub fn parse_address_list(value: &[u8]) -> Result<AddressList, AddressError> {
 /// (raw or decoded), an encoded word inside a quoted string, a backslash outside quotes.
 fn disagreement_class(value: &[u8]) -> bool {
     const SPECIALS: &[u8] = b"\"(),<>@;:\\[]";
-    let words = rfc2047::words(value);
-    if words.iter().any(|(range, text)| {
-        value[range.clone()].iter().any(|b| SPECIALS.contains(b))
+    if rfc2047::words(value).any(|(range, text)| {
+        value[range].iter().any(|b| SPECIALS.contains(b))
             || text.iter().any(|b| SPECIALS.contains(b))
     }) {
         return true;
     }
-    let Ok(toks) = lex(value, Lexing::RFC) else {
-        return true;
-    };
-    toks.iter().any(|t| match t.kind {
-        Kind::Other => value[t.start] == b'\\',
-        Kind::Quoted => !rfc2047::words(&value[t.start..t.end]).is_empty(),
-        _ => false,
+    Lexer::new(value, Lexing::RFC).any(|t| match t {
+        Err(_) => true,
+        Ok(t) => match t.kind {
+            Kind::Other => value[t.start] == b'\\',
+            Kind::Quoted => rfc2047::words(&value[t.start..t.end]).next().is_some(),
+            _ => false,
+        },
     })
 }
 
 /// Whether a quoted string holding an `@` touches a word with no space or punctuation between
-/// (`"a"b"@x"y`): readers that glue touching words read an address across the quotes.
+/// (`"a"b"@x"y`): readers that glue touching words read an address across the quotes. False
+/// when the field cannot be lexed at all.
 fn glued_quoted_at(value: &[u8]) -> bool {
     if memchr::memchr(b'"', value).is_none() {
         return false;
     }
-    let Ok(toks) = lex(value, Lexing::RFC) else {
-        return false;
-    };
-    toks.iter().enumerate().any(|(i, t)| {
-        t.kind == Kind::Quoted
-            && memchr::memchr(b'@', &value[t.start..t.end]).is_some()
-            && (i
-                .checked_sub(1)
-                .and_then(|p| toks.get(p))
-                .is_some_and(|p| p.is_word() && p.end + 1 == t.start)
-                || toks
-                    .get(i + 1)
-                    .is_some_and(|n| n.is_word() && t.end + 1 == n.start))
-    })
+    let mut found = false;
+    let (mut prev, mut cur): (Option<Tok>, Option<Tok>) = (None, None);
+    let mut lexer = Lexer::new(value, Lexing::RFC);
+    loop {
+        let next = match lexer.next() {
+            Some(Ok(t)) => Some(t),
+            Some(Err(_)) => return false,
+            None => None,
+        };
+        if let Some(t) = cur.filter(|t| t.kind == Kind::Quoted) {
+            found |= memchr::memchr(b'@', &value[t.start..t.end]).is_some()
+                && (prev.is_some_and(|p| p.is_word() && p.end + 1 == t.start)
+                    || next.is_some_and(|n| n.is_word() && t.end + 1 == n.start));
+        }
+        if next.is_none() {
+            return found;
+        }
+        (prev, cur) = (cur, next);
+    }
 }
 
-/// One reading of a field: lex with `mode`, then the strict grammar, else the lenient one.
-fn read(value: &[u8], mode: Lexing) -> Result<AddressList, AddressError> {
-    let toks = lex(value, mode)?;
-    let mut p = Strict {
+/// One reading of a field into `out`: the strict grammar, else (its addresses taken back) the
+/// lenient one. Returns whether it was lenient.
+fn read(value: &[u8], mode: Lexing, out: &mut dyn Sink) -> Result<bool, AddressError> {
+    let mark = out.mark();
+    let strict = Strict {
         v: value,
-        t: &toks,
+        t: Tokens::new(value, mode),
         i: 0,
-        out: Vec::new(),
-    };
-    match p.list() {
-        Ok(()) => Ok(AddressList {
-            addresses: p.out,
-            lenient: false,
-        }),
+        out: &mut *out,
+    }
+    .run();
+    match strict {
+        Ok(()) => Ok(false),
         Err(Fail::Hard(e)) => Err(e),
-        Err(Fail::Grammar) => Ok(AddressList {
-            addresses: lenient(value, &toks)?,
-            lenient: true,
-        }),
+        Err(Fail::Grammar) => {
+            out.rollback(mark);
+            lenient(value, mode, out)?;
+            Ok(true)
+        }
     }
 }
 
@@ -321,91 +415,153 @@ fn is_atext(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~".contains(&b) || b >= 0x80
 }
 
-fn lex(v: &[u8], mode: Lexing) -> Result<Vec<Tok>, AddressError> {
-    let mut toks = Vec::new();
-    let words = rfc2047::Finder::new(v);
-    let mut i = 0;
-    while i < v.len() {
-        let b = v[i];
-        if mode.encoded_words && b == b'=' {
-            if let Some((end, _)) = words.word_at(i) {
-                toks.push(Tok {
-                    kind: Kind::Atom,
-                    start: i,
-                    end,
-                });
-                i = end;
-                continue;
-            }
-        }
-        match b {
-            // Folding: the splitter guarantees CR/LF only occur as part of a fold.
-            b' ' | b'\t' | b'\r' | b'\n' => i += 1,
-            b'(' => i = skip_comment(v, i)?,
-            b'"' => {
-                let end = if mode.encoded_words {
-                    scan_quoted_with_words(v, i + 1, &words)
-                } else {
-                    scan_delimited(v, i + 1, b'"')
-                }
-                .ok_or(AddressError::UnclosedQuote)?;
-                toks.push(Tok {
-                    kind: Kind::Quoted,
-                    start: i + 1,
-                    end,
-                });
-                i = end + 1;
-            }
-            b'[' => {
-                let end =
-                    scan_delimited(v, i + 1, b']').ok_or(AddressError::UnclosedDomainLiteral)?;
-                // Readers that do not know domain literals split at these; RFC readers do not.
-                if v[i + 1..end].iter().any(|b| b",;@<>\"()[\\".contains(b)) {
-                    return Err(AddressError::AmbiguousDomainLiteral);
-                }
-                toks.push(Tok {
-                    kind: Kind::Literal,
-                    start: i + 1,
-                    end,
-                });
-                i = end + 1;
-            }
-            b'<' | b'>' | b':' | b';' | b'@' | b',' | b'.' => {
-                toks.push(Tok {
-                    kind: Kind::Special(b),
-                    start: i,
-                    end: i + 1,
-                });
-                i += 1;
-            }
-            _ if is_atext(b) || (mode.escapes && b == b'\\') => {
-                let start = i;
-                while i < v.len() {
-                    if mode.escapes && v[i] == b'\\' {
-                        i = (i + 2).min(v.len());
-                    } else if is_atext(v[i]) {
-                        i += 1;
-                    } else {
-                        break;
-                    }
-                }
-                toks.push(Tok {
-                    kind: Kind::Atom,
-                    start,
-                    end: i,
-                });
-            }
-            _ => {
-                toks.push(Tok {
-                    kind: Kind::Other,
-                    start: i,
-                    end: i + 1,
-                });
-                i += 1;
-            }
+/// Tokens of a field, one at a time: readers hold only a window of them (see [`Tokens`]).
+struct Lexer<'a> {
+    v: &'a [u8],
+    mode: Lexing,
+    words: rfc2047::Finder<'a>,
+    i: usize,
+}
+
+impl<'a> Lexer<'a> {
+    fn new(v: &'a [u8], mode: Lexing) -> Lexer<'a> {
+        Lexer {
+            v,
+            mode,
+            words: rfc2047::Finder::new(v),
+            i: 0,
         }
     }
-    Ok(toks)
+
+    fn token(&mut self) -> Result<Option<Tok>, AddressError> {
+        let (v, mode) = (self.v, self.mode);
+        while self.i < v.len() {
+            let i = self.i;
+            let b = v[i];
+            if mode.encoded_words && b == b'=' {
+                if let Some((end, _)) = self.words.word_at(i) {
+                    self.i = end;
+                    return Ok(Some(Tok {
+                        kind: Kind::Atom,
+                        start: i,
+                        end,
+                    }));
+                }
+            }
+            let (kind, start, end, next) = match b {
+                // Folding: the splitter guarantees CR/LF only occur as part of a fold.
+                b' ' | b'\t' | b'\r' | b'\n' => {
+                    self.i += 1;
+                    continue;
+                }
+                b'(' => {
+                    self.i = skip_comment(v, i)?;
+                    continue;
+                }
+                b'"' => {
+                    let end = if mode.encoded_words {
+                        scan_quoted_with_words(v, i + 1, &self.words)
+                    } else {
+                        scan_delimited(v, i + 1, b'"')
+                    }
+                    .ok_or(AddressError::UnclosedQuote)?;
+                    (Kind::Quoted, i + 1, end, end + 1)
+                }
+                b'[' => {
+                    let end = scan_delimited(v, i + 1, b']')
+                        .ok_or(AddressError::UnclosedDomainLiteral)?;
+                    // Readers that do not know domain literals split at these; RFC readers do not.
+                    if v[i + 1..end].iter().any(|b| b",;@<>\"()[\\".contains(b)) {
+                        return Err(AddressError::AmbiguousDomainLiteral);
+                    }
+                    (Kind::Literal, i + 1, end, end + 1)
+                }
+                b'<' | b'>' | b':' | b';' | b'@' | b',' | b'.' => {
+                    (Kind::Special(b), i, i + 1, i + 1)
+                }
+                _ if is_atext(b) || (mode.escapes && b == b'\\') => {
+                    let mut e = i;
+                    while e < v.len() {
+                        if mode.escapes && v[e] == b'\\' {
+                            e = (e + 2).min(v.len());
+                        } else if is_atext(v[e]) {
+                            e += 1;
+                        } else {
+                            break;
+                        }
+                    }
+                    (Kind::Atom, i, e, e)
+                }
+                _ => (Kind::Other, i, i + 1, i + 1),
+            };
+            self.i = next;
+            return Ok(Some(Tok { kind, start, end }));
+        }
+        Ok(None)
+    }
+}
+
+impl Iterator for Lexer<'_> {
+    type Item = Result<Tok, AddressError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        let t = self.token();
+        if t.is_err() {
+            // Fused: nothing after an uncertain token is read.
+            self.i = self.v.len();
+        }
+        t.transpose()
+    }
+}
+
+/// Most tokens a reader keeps at once: the tokens of one list element (or, read leniently, of
+/// one stretch that a later `@` could still reach back into). Real entries have a few dozen;
+/// a field of millions of addresses is read in constant memory instead of one token list
+/// sixteen times its size.
+const MAX_WINDOW: usize = 65_536;
+
+/// A sliding window over a field's tokens, indexed by position in the whole field: tokens are
+/// lexed when first asked for and forgotten when the reader says it will never look back.
+struct Tokens<'a> {
+    lexer: Lexer<'a>,
+    /// Tokens `base..base + buf.len()`.
+    buf: Vec<Tok>,
+    base: usize,
+}
+
+impl<'a> Tokens<'a> {
+    fn new(v: &'a [u8], mode: Lexing) -> Tokens<'a> {
+        Tokens {
+            lexer: Lexer::new(v, mode),
+            buf: Vec::new(),
+            base: 0,
+        }
+    }
+
+    /// Token `j` (never one already forgotten), or `None` past the end of the field.
+    fn get(&mut self, j: usize) -> Result<Option<Tok>, AddressError> {
+        while j >= self.base + self.buf.len() {
+            let Some(t) = self.lexer.next().transpose()? else {
+                return Ok(None);
+            };
+            if self.buf.len() >= MAX_WINDOW {
+                return Err(AddressError::TooLong);
+            }
+            self.buf.push(t);
+        }
+        Ok(self.buf.get(j - self.base).copied())
+    }
+
+    /// Tokens `from..to`, all of which were got already.
+    fn slice(&self, from: usize, to: usize) -> &[Tok] {
+        &self.buf[from - self.base..to - self.base]
+    }
+
+    /// The reader will not ask for tokens before `j` again.
+    fn forget_before(&mut self, j: usize) {
+        let n = j.saturating_sub(self.base).min(self.buf.len());
+        self.buf.drain(..n);
+        self.base += n;
+    }
 }
 
 /// Returns the offset just past the comment starting at `start` (which holds `(`).
@@ -581,55 +737,73 @@ enum Fail {
 
 impl From<AddressError> for Fail {
     fn from(e: AddressError) -> Fail {
-        Fail::Hard(e)
+        match e {
+            // An entry too long to hold at once may still be readable with the lenient
+            // reading, which holds less (it cuts where no address can span).
+            AddressError::TooLong => Fail::Grammar,
+            e => Fail::Hard(e),
+        }
     }
 }
 
-struct Strict<'a> {
+/// The strict grammar over a token window; it never looks back past the start of the list
+/// element it is in, so everything before is forgotten.
+struct Strict<'a, 'o> {
     v: &'a [u8],
-    t: &'a [Tok],
+    t: Tokens<'a>,
     i: usize,
-    out: Vec<String>,
+    out: &'o mut dyn Sink,
 }
 
-impl Strict<'_> {
-    fn peek(&self, c: u8) -> bool {
-        self.t.get(self.i).is_some_and(|t| t.is(c))
+impl Strict<'_, '_> {
+    fn run(mut self) -> Result<(), Fail> {
+        self.list()
     }
 
-    fn eat(&mut self, c: u8) -> bool {
-        let hit = self.peek(c);
+    fn tok(&mut self, j: usize) -> Result<Option<Tok>, Fail> {
+        Ok(self.t.get(j)?)
+    }
+
+    fn peek(&mut self, c: u8) -> Result<bool, Fail> {
+        let i = self.i;
+        Ok(self.tok(i)?.is_some_and(|t| t.is(c)))
+    }
+
+    fn eat(&mut self, c: u8) -> Result<bool, Fail> {
+        let hit = self.peek(c)?;
         if hit {
             self.i += 1;
         }
-        hit
+        Ok(hit)
     }
 
-    fn at_end(&self) -> bool {
-        self.i >= self.t.len()
+    fn at_end(&mut self) -> Result<bool, Fail> {
+        let i = self.i;
+        Ok(self.tok(i)?.is_none())
     }
 
     /// End (exclusive) of the run of words and dots starting at `from`.
-    fn run_end(&self, from: usize) -> usize {
+    fn run_end(&mut self, from: usize) -> Result<usize, Fail> {
         let mut j = from;
-        while j < self.t.len() && (self.t[j].is_word() || self.t[j].is(b'.')) {
+        while self.tok(j)?.is_some_and(|t| t.is_word() || t.is(b'.')) {
             j += 1;
         }
-        j
+        Ok(j)
     }
 
     /// address-list, with obs-addr-list's empty elements.
     fn list(&mut self) -> Result<(), Fail> {
         loop {
-            while self.eat(b',') {}
-            if self.at_end() {
+            while self.eat(b',')? {}
+            self.t.forget_before(self.i);
+            if self.at_end()? {
                 return Ok(());
             }
             self.element(true)?;
-            if self.at_end() {
+            if self.at_end()? {
                 return Ok(());
             }
-            if !self.eat(b',') {
+            if !self.eat(b',')? {
                 return Err(Fail::Grammar);
             }
         }
@@ -638,8 +812,8 @@ impl Strict<'_> {
     /// mailbox, or (when `group_ok`) group.
     fn element(&mut self, group_ok: bool) -> Result<(), Fail> {
         let start = self.i;
-        let end = self.run_end(start);
-        match self.t.get(end).map(|t| t.kind) {
+        let end = self.run_end(start)?;
+        match self.tok(end)?.map(|t| t.kind) {
             Some(Kind::Special(b'@')) => {
                 let local = self.local_part(start, end)?;
                 self.i = end + 1;
@@ -663,23 +837,16 @@ impl Strict<'_> {
 
     /// display-name = phrase (obs-phrase allows dots after the first word).
     fn phrase(&self, start: usize, end: usize, may_be_empty: bool) -> Result<(), Fail> {
-        if start == end {
-            return if may_be_empty {
-                Ok(())
-            } else {
-                Err(Fail::Grammar)
-            };
-        }
-        if self.t[start].is_word() {
-            Ok(())
-        } else {
-            Err(Fail::Grammar)
+        match self.t.slice(start, end).first() {
+            None if may_be_empty => Ok(()),
+            Some(first) if first.is_word() => Ok(()),
+            _ => Err(Fail::Grammar),
         }
     }
 
     /// local-part = word *("." word) (dot-atom, quoted-string and obs-local-part in one).
     fn local_part(&self, start: usize, end: usize) -> Result<String, Fail> {
-        let toks = &self.t[start..end];
+        let toks = self.t.slice(start, end);
         if toks.is_empty() || toks.len().is_multiple_of(2) {
             return Err(Fail::Grammar);
         }
@@ -694,19 +861,21 @@ impl Strict<'_> {
 
     /// domain = dot-atom / domain-literal / obs-domain.
     fn domain(&mut self) -> Result<String, Fail> {
-        let Some(first) = self.t.get(self.i) else {
+        let i = self.i;
+        let Some(first) = self.tok(i)? else {
             return Err(Fail::Grammar);
         };
         match first.kind {
             Kind::Literal => {
                 self.i += 1;
-                Ok(render_literal(self.v, first)?)
+                Ok(render_literal(self.v, &first)?)
             }
             Kind::Atom => {
                 let mut value = self.v[first.start..first.end].to_vec();
                 self.i += 1;
-                while self.peek(b'.') {
-                    let Some(next) = self.t.get(self.i + 1).filter(|t| t.kind == Kind::Atom) else {
+                while self.peek(b'.')? {
+                    let j = self.i + 1;
+                    let Some(next) = self.tok(j)?.filter(|t| t.kind == Kind::Atom) else {
                         return Err(Fail::Grammar);
                     };
                     value.push(b'.');
@@ -721,30 +890,30 @@ impl Strict<'_> {
 
     /// angle-addr = "<" [obs-route] addr-spec ">"; the route is read and dropped.
     fn angle_addr(&mut self) -> Result<(), Fail> {
-        if !self.eat(b'<') {
+        if !self.eat(b'<')? {
             return Err(Fail::Grammar);
         }
-        if self.peek(b'@') || self.peek(b',') {
+        if self.peek(b'@')? || self.peek(b',')? {
             loop {
-                while self.eat(b',') {}
-                if !self.eat(b'@') {
+                while self.eat(b',')? {}
+                if !self.eat(b'@')? {
                     break;
                 }
                 self.domain()?;
             }
-            if !self.eat(b':') {
+            if !self.eat(b':')? {
                 return Err(Fail::Grammar);
             }
         }
         let start = self.i;
-        let end = self.run_end(start);
-        if !self.t.get(end).is_some_and(|t| t.is(b'@')) {
+        let end = self.run_end(start)?;
+        if !self.tok(end)?.is_some_and(|t| t.is(b'@')) {
             return Err(Fail::Grammar);
         }
         let local = self.local_part(start, end)?;
         self.i = end + 1;
         let domain = self.domain()?;
-        if !self.eat(b'>') {
+        if !self.eat(b'>')? {
             return Err(Fail::Grammar);
         }
         self.out.push(format!("{local}@{domain}"));
@@ -754,15 +923,16 @@ impl Strict<'_> {
     /// group-list after the ':' up to and including the ';' (obs-group-list empties allowed).
     fn group_list(&mut self) -> Result<(), Fail> {
         loop {
-            while self.eat(b',') {}
-            if self.eat(b';') {
+            while self.eat(b',')? {}
+            self.t.forget_before(self.i);
+            if self.eat(b';')? {
                 return Ok(());
             }
-            if self.at_end() {
+            if self.at_end()? {
                 return Err(Fail::Grammar);
             }
             self.element(false)?;
-            if !(self.peek(b',') || self.peek(b';')) {
+            if !(self.peek(b',')? || self.peek(b';')?) {
                 return Err(Fail::Grammar);
             }
         }
@@ -772,43 +942,59 @@ impl Strict<'_> {
 // ---------------------------------------------------------------------------------------------
 // Lenient safe-side reading (tokens certain, grammar not)
 
-fn lenient(v: &[u8], t: &[Tok]) -> Result<Vec<String>, AddressError> {
-    let mut out = Vec::new();
+/// The lenient reading, streaming: a stretch of tokens is read and forgotten at every point no
+/// address can span (a `,` or `;`, a `<...>`, any token that is not a word, `.` or `@`, and
+/// between two words that touch without a dot, which [`scan_segment`] never joins either way).
+fn lenient(v: &[u8], mode: Lexing, out: &mut dyn Sink) -> Result<(), AddressError> {
+    let mut t = Tokens::new(v, mode);
     let mut i = 0;
     let mut seg_start = 0;
-    while i < t.len() {
-        let tok = t[i];
+    let mut prev_word = false;
+    while let Some(tok) = t.get(i)? {
         if tok.is(b'<') {
-            scan_segment(v, &t[seg_start..i], &mut out)?;
+            scan_segment(v, t.slice(seg_start, i), out)?;
             let mut close = i + 1;
             loop {
-                match t.get(close) {
+                match t.get(close)? {
                     None => return Err(AddressError::UnclosedAngle),
                     Some(c) if c.is(b'<') => return Err(AddressError::NestedAngle),
                     Some(c) if c.is(b'>') => break,
                     Some(_) => close += 1,
                 }
             }
-            let inner_start = skip_route(t, i + 1, close);
-            scan_segment(v, &t[inner_start..close], &mut out)?;
+            let inner = t.slice(i + 1, close);
+            scan_segment(v, &inner[skip_route(inner)..], out)?;
             i = close + 1;
             seg_start = i;
+            prev_word = false;
         } else if tok.is(b',') || tok.is(b';') {
-            scan_segment(v, &t[seg_start..i], &mut out)?;
+            scan_segment(v, t.slice(seg_start, i), out)?;
             i += 1;
             seg_start = i;
+            prev_word = false;
+        } else if tok.is_word() && prev_word {
+            scan_segment(v, t.slice(seg_start, i), out)?;
+            seg_start = i;
+            i += 1;
+        } else if tok.is_word() || tok.is(b'.') || tok.is(b'@') {
+            prev_word = tok.is_word();
+            i += 1;
         } else {
             i += 1;
+            scan_segment(v, t.slice(seg_start, i), out)?;
+            seg_start = i;
+            prev_word = false;
         }
+        t.forget_before(seg_start);
     }
-    scan_segment(v, &t[seg_start..], &mut out)?;
-    Ok(out)
+    scan_segment(v, t.slice(seg_start, i), out)
 }
 
-/// Index after an obs-route (`*("," / "@" domain) ":"`) starting at `from`, or `from` itself
+/// Index in `t` (the inside of one `<...>`) after an obs-route (`*("," / "@" domain) ":"`), or 0
 /// when the tokens are not exactly a route: then nothing is skipped and every `@` is read.
-fn skip_route(t: &[Tok], from: usize, to: usize) -> usize {
-    let mut k = from;
+fn skip_route(t: &[Tok]) -> usize {
+    let to = t.len();
+    let mut k = 0;
     let mut saw_at = false;
     while k < to {
         if t[k].is(b',') {
@@ -816,7 +1002,7 @@ fn skip_route(t: &[Tok], from: usize, to: usize) -> usize {
         } else if t[k].is(b'@') {
             saw_at = true;
             k += 1;
-            match t.get(k).filter(|_| k < to).map(|x| x.kind) {
+            match t.get(k).map(|x| x.kind) {
                 Some(Kind::Literal) => k += 1,
                 Some(Kind::Atom) => {
                     k += 1;
@@ -824,7 +1010,7 @@ fn skip_route(t: &[Tok], from: usize, to: usize) -> usize {
                         k += 2;
                     }
                 }
-                _ => return from,
+                _ => return 0,
             }
         } else {
             break;
@@ -833,12 +1019,12 @@ fn skip_route(t: &[Tok], from: usize, to: usize) -> usize {
     if saw_at && k < to && t[k].is(b':') {
         k + 1
     } else {
-        from
+        0
     }
 }
 
 /// Reads a stretch of tokens with no `<`, `>`-pair, `,` or `;` in it.
-fn scan_segment(v: &[u8], t: &[Tok], out: &mut Vec<String>) -> Result<(), AddressError> {
+fn scan_segment(v: &[u8], t: &[Tok], out: &mut dyn Sink) -> Result<(), AddressError> {
     // `floor` is where the current run of unconsumed words/dots starts.
     let mut floor = 0;
     let mut j = 0;
@@ -904,11 +1090,10 @@ fn lenient_domain(v: &[u8], t: &[Tok], from: usize) -> Result<(String, usize), A
 /// Every `local@domain` text in `v`, structure ignored: the reading of last resort for an
 /// alternative reading whose own tokens are uncertain (an unbalanced decoded quote, say).
 /// Over-counts display text that looks like an address; never misses one.
-fn scavenge(v: &[u8]) -> Vec<String> {
+fn scavenge(v: &[u8], out: &mut dyn Sink) {
     // A backslash may escape part of a local part for some readers (`a\@b@x`).
     let local_byte = |b: u8| is_atext(b) || b == b'.' || b == b'\\';
     let domain_byte = |b: u8| b.is_ascii_alphanumeric() || b"-._".contains(&b) || b >= 0x80;
-    let mut out = Vec::new();
     for at in memchr::memchr_iter(b'@', v) {
         let start = v[..at]
             .iter()
@@ -929,7 +1114,6 @@ fn scavenge(v: &[u8]) -> Vec<String> {
             out.push(format!("{local}@{}", canonical_domain(domain)));
         }
     }
-    out
 }
 
 #[cfg(test)]
@@ -954,6 +1138,21 @@ mod tests {
 
     fn err(s: &str) -> AddressError {
         parse_address_list(s.as_bytes()).expect_err("unreadable")
+    }
+
+    #[test]
+    fn first_address_survives_a_strict_reading_taken_back() {
+        assert_eq!(
+            FirstAddress::of(b" Boss <boss@x.org>, a@b").as_deref(),
+            Some("boss@x.org")
+        );
+        // Strict reads `a@b` then fails at `;`: the lenient reading gives the answer.
+        assert_eq!(
+            FirstAddress::of(b" (c) a@b, c d@e; x").as_deref(),
+            Some("a@b")
+        );
+        assert_eq!(FirstAddress::of(b" undisclosed-recipients:;"), None);
+        assert_eq!(FirstAddress::of(b" \"unclosed"), None);
     }
 
     #[test]

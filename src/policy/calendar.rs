@@ -59,7 +59,13 @@ pub fn calendar_parts(raw: &[u8]) -> Vec<CalendarPart> {
 }
 
 fn scan_parts(raw: &[u8]) -> Vec<CalendarPart> {
-    let Some(msg) = MessageParser::default().parse(raw) else {
+    // MIME fields only: the others are skipped, not parsed. A header showing millions of
+    // addresses would otherwise be parsed a second time into mail-parser's own structures
+    // (about a hundred bytes an address; issue 11 item 4).
+    let parser = MessageParser::new()
+        .with_mime_headers()
+        .default_header_ignore();
+    let Some(msg) = parser.parse(raw) else {
         return Vec::new();
     };
     let mut out = Vec::new();
@@ -388,18 +394,14 @@ fn percent_decode(s: &str) -> String {
 
 /// Distinct canonical attendee addresses of one iCalendar text, first-seen order.
 pub fn attendees(text: &str) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
+    let mut out = super::address_set::AddressSet::new();
     for l in unfold(text) {
         let Some(cl) = parse_line(&l) else { continue };
         if cl.name == "ATTENDEE" {
-            for a in property_addresses(&cl) {
-                if !out.contains(&a) {
-                    out.push(a);
-                }
-            }
+            out.extend(property_addresses(&cl));
         }
     }
-    out
+    out.to_vec()
 }
 
 /// The organizer's canonical address, if the calendar names one.
@@ -414,15 +416,12 @@ pub fn organizer(text: &str) -> Option<String> {
 
 /// Distinct attendees of every calendar part of a raw message.
 pub fn message_attendees(raw: &[u8]) -> Result<Vec<String>, MimeUnreadable> {
-    let mut out: Vec<String> = Vec::new();
+    // A set, not `Vec::contains`: an invitation can list a hundred thousand attendees.
+    let mut out = super::address_set::AddressSet::new();
     for part in try_calendar_parts(raw)? {
-        for a in attendees(&part.text) {
-            if !out.contains(&a) {
-                out.push(a);
-            }
-        }
+        out.extend(attendees(&part.text));
     }
-    Ok(out)
+    Ok(out.to_vec())
 }
 
 /// The iCalendar text as `invitee` should receive it in a split copy: every ATTENDEE line

@@ -116,12 +116,13 @@ fn conditions(
             held: w.holds(sender),
         });
     }
-    let counted_addrs: Vec<&String> = visible
-        .addresses
-        .iter()
-        .filter(|a| !rule.is_excepted_recipient(a))
-        .collect();
-    let c: Counts = count(internal, counted_addrs);
+    let c: Counts = count(
+        internal,
+        visible
+            .addresses
+            .iter()
+            .filter(|a| !rule.is_excepted_recipient(a)),
+    );
     let checks = [
         (rule.min_visible, c.visible, "visible addresses"),
         (rule.min_visible_external, c.external, "outside addresses"),

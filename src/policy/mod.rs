@@ -3,6 +3,7 @@
 //! the admin's rules ([`rules`]); returns a [`Decision`] and never touches the message bytes.
 
 pub mod address;
+pub mod address_set;
 pub mod calendar;
 pub mod directory;
 pub mod explain;
@@ -19,6 +20,7 @@ use sha2::{Digest, Sha256};
 pub use crate::config::{Action, Mode};
 use crate::config::{DkimOnRewrite, PolicyConfig, RewriteTo};
 use crate::message::{Envelope, Message};
+pub use address_set::AddressSet;
 use rules::{plural, Counts, InternalDomains, Outcome, Rule};
 pub use visible::{Unreadable, Visible};
 
@@ -43,7 +45,7 @@ pub struct Decision {
     /// One sentence a person understands. Names counts and the rule, never an address.
     pub reason: String,
     /// Every visible address (distinct, domain lower-cased, first-seen order).
-    pub visible: Vec<String>,
+    pub visible: AddressSet,
     /// Outside addresses among `visible` (before any rule exception: this is what was exposed).
     pub visible_external: usize,
     /// Distinct outside domains among `visible`.
@@ -54,7 +56,7 @@ pub struct Decision {
     /// The matching rule asks for a notice to the sender after a rewrite or split.
     pub notify_sender: bool,
     /// Visible addresses the matching rule's `except_recipients` left out of its counts.
-    pub not_counted: Vec<String>,
+    pub not_counted: AddressSet,
     /// Header fields the finder could not read strictly and counted on the safe side.
     pub lenient_fields: Vec<String>,
     /// Organisation policy: override used or refused, markers to strip, notice language.
@@ -448,10 +450,7 @@ pub fn sender_of(
     envelope: &Envelope,
     auth_user: Option<&str>,
 ) -> sender::Sender {
-    let from_header = message
-        .field("From")
-        .and_then(|v| address::parse_address_list(v).ok())
-        .and_then(|l| l.addresses.into_iter().find(|a| !a.is_empty()));
+    let from_header = message.field("From").and_then(address::FirstAddress::of);
     sender::Sender {
         envelope: envelope.sender.clone(),
         from_header,
@@ -572,7 +571,7 @@ mod tests {
 
     fn vis(addrs: &[String], bcc: bool) -> Visible {
         Visible {
-            addresses: addrs.to_vec(),
+            addresses: addrs.iter().collect(),
             bcc_present: bcc,
             lenient_fields: vec![],
             attendees: vec![],
@@ -611,7 +610,7 @@ mod tests {
         r.min_visible_external = Some(6);
         let p = policy(vec![r], Mode::Enforce);
         let mut v = vis(&outside(18, 6), false);
-        v.attendees = v.addresses[1..].to_vec();
+        v.attendees = v.addresses.to_vec()[1..].to_vec();
         let d = p.decide_visible("boss@example.org", v);
         assert_eq!(d.visible_attendees.len(), 17);
         assert!(

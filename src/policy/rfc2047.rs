@@ -137,22 +137,23 @@ pub fn decode_all(v: &[u8]) -> Option<Vec<u8>> {
     any.then_some(out)
 }
 
-/// Decoded texts of every encoded word in `v` together with their raw bytes.
-pub fn words(v: &[u8]) -> Vec<(std::ops::Range<usize>, Vec<u8>)> {
+/// Decoded texts of every encoded word in `v` together with their raw bytes, one at a time.
+pub fn words(v: &[u8]) -> impl Iterator<Item = (std::ops::Range<usize>, Vec<u8>)> + '_ {
     let f = Finder::new(v);
-    let mut out = Vec::new();
     let mut i = 0;
-    while let Some(k) = memchr::memmem::find(&v[i..], b"=?") {
-        let start = i + k;
-        match f.word_at(start) {
-            Some((end, text)) => {
-                out.push((start..end, text));
-                i = end;
+    std::iter::from_fn(move || {
+        while let Some(k) = memchr::memmem::find(&v[i..], b"=?") {
+            let start = i + k;
+            match f.word_at(start) {
+                Some((end, text)) => {
+                    i = end;
+                    return Some((start..end, text));
+                }
+                None => i = start + 1,
             }
-            None => i = start + 1,
         }
-    }
-    out
+        None
+    })
 }
 
 /// Base64 as mail readers decode it: whitespace skipped, padding optional, stray trailing bits
@@ -205,7 +206,7 @@ mod tests {
             Some(&b"\"Doe, J <j@x>"[..])
         );
         // `Q?=22` is an escape, not the end of the word.
-        let w = words(b"=?utf-8?Q?=22x?= y");
+        let w: Vec<_> = words(b"=?utf-8?Q?=22x?= y").collect();
         assert_eq!(w.len(), 1);
         assert_eq!(w[0].1, b"\"x");
         assert_eq!(w[0].0, 0..16);
@@ -214,6 +215,6 @@ mod tests {
     #[test]
     fn invalid_words_are_left_alone() {
         assert_eq!(decode_all(b"=?utf-8?X?abc?= =?utf-8?Q?a?b?= =?x"), None);
-        assert!(words(&b"=?".repeat(100_000)).is_empty());
+        assert!(words(&b"=?".repeat(100_000)).next().is_none());
     }
 }

@@ -5,9 +5,8 @@
 //! safe-side count (`lenient_fields`) or [`Unreadable`]. Attendees of calendar invitations
 //! ([`super::calendar`]) are shown to every invitee too and join the list after the fields.
 
-use std::collections::HashSet;
-
-use super::address::parse_address_list;
+use super::address::read_field;
+use super::address_set::AddressSet;
 use super::calendar;
 use crate::message::header;
 
@@ -18,7 +17,7 @@ const VISIBLE_FIELDS: [&str; 4] = ["to", "cc", "resent-to", "resent-cc"];
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Visible {
     /// Distinct addr-specs (domain lower-cased), first-seen order.
-    pub addresses: Vec<String>,
+    pub addresses: AddressSet,
     /// The top-level header section carries a `Bcc` field.
     pub bcc_present: bool,
     /// Names of fields that could not be read strictly and were counted on the safe side.
@@ -63,7 +62,20 @@ pub fn find_visible_in(
 ) -> Result<Visible, Unreadable> {
     refuse_bare_cr(raw)?;
     let mut visible = Visible::default();
-    let mut seen: HashSet<String> = HashSet::new();
+    let shown = || {
+        section
+            .fields
+            .iter()
+            .filter(|f| VISIBLE_FIELDS.iter().any(|n| f.name_is(n)))
+    };
+    // Sized once from the fields (an upper bound for ordinary fields), so a header of
+    // millions of addresses is not copied while the list grows.
+    visible.addresses.reserve(
+        shown()
+            .map(|f| memchr::memchr_iter(b'@', f.value).count())
+            .sum(),
+        shown().map(|f| f.value.len()).sum(),
+    );
     for field in &section.fields {
         if field.name_is("bcc") || field.name_is("resent-bcc") {
             visible.bcc_present = true;
@@ -74,23 +86,18 @@ pub fn find_visible_in(
         }
         // The splitter only accepts printable ASCII names, so this is lossless.
         let name = String::from_utf8_lossy(field.name).into_owned();
-        let list = parse_address_list(field.value).map_err(|e| Unreadable {
+        let lenient = read_field(field.value, &mut visible.addresses).map_err(|e| Unreadable {
             reason: format!(
                 "the {name} header field cannot be read ({e}); the relay cannot tell who would see this message"
             ),
         })?;
-        if list.lenient
+        if lenient
             && !visible
                 .lenient_fields
                 .iter()
                 .any(|n| n.eq_ignore_ascii_case(&name))
         {
             visible.lenient_fields.push(name);
-        }
-        for addr in list.addresses {
-            if seen.insert(addr.clone()) {
-                visible.addresses.push(addr);
-            }
         }
     }
     let attendees = calendar::message_attendees(raw).map_err(|e| Unreadable {
@@ -99,11 +106,10 @@ pub fn find_visible_in(
         ),
     })?;
     for a in attendees {
-        if seen.insert(a.clone()) {
-            visible.addresses.push(a.clone());
-        }
+        visible.addresses.insert(&a);
         visible.attendees.push(a);
     }
+    visible.addresses.freeze();
     Ok(visible)
 }
 

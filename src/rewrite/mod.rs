@@ -184,8 +184,7 @@ impl Rewriter {
         let h = message.header();
         let eol = line_ending(raw, &h);
         // Addresses that must not survive in trace fields: everyone visible, and a split copy's own.
-        let mut names: Vec<&str> = d.visible.iter().map(String::as_str).collect();
-        names.extend(rcpt.map(str::trim));
+        let names = || d.visible.iter().chain(rcpt.map(str::trim));
         // (range, replacement): empty replacement = field removed, empty range = insertion.
         let mut edits: Vec<(Range<usize>, Vec<u8>)> = Vec::new();
         // Names whose set of fields changes: every recipient field present, and `to` (always added).
@@ -210,7 +209,7 @@ impl Rewriter {
             } else if f.name_is("received") {
                 let kept = traces::received_without_for(bytes);
                 let text = kept.as_deref().unwrap_or(bytes);
-                if traces::names_any(text, &names) {
+                if traces::names_any(text, names()) {
                     // A recipient named elsewhere in the field (a comment): the field goes.
                     edits.push((f.range.clone(), Vec::new()));
                 } else if let Some(kept) = kept {
@@ -222,7 +221,7 @@ impl Rewriter {
                     altered.push("received");
                 }
             } else if (f.name_is("dkim-signature") || f.name_is("arc-message-signature"))
-                && traces::z_names_recipients(f, &names)
+                && traces::z_names_recipients(f, names())
             {
                 z_signatures.push(f);
             }
@@ -389,13 +388,13 @@ mod tests {
             mode: crate::config::Mode::Enforce,
             rule: Some(rule.into()),
             reason: String::new(),
-            visible: vec![],
+            visible: Default::default(),
             visible_external: 0,
             external_domains: 0,
             bcc_header_stripped: false,
             reject_text: None,
             notify_sender: false,
-            not_counted: vec![],
+            not_counted: Default::default(),
             lenient_fields: vec![],
             org: Default::default(),
             visible_attendees: vec![],

@@ -657,10 +657,11 @@ def dot_stuff(message: bytes) -> bytes:
 
 
 def send_mail(port: int, sender: str, rcpts: list[str], message: bytes, source: str | None = None,
-              starttls: bool = False, auth: tuple[str, str] | None = None) -> dict:
+              starttls: bool = False, auth: tuple[str, str] | None = None,
+              timeout: float | None = None) -> dict:
     """One transaction over a raw client. Returns the replies: {"mail": Reply, "rcpt": [Reply],
     "data": Reply | None}; "data" is None when no recipient was accepted (DATA not sent)."""
-    with RawClient(port, source=source) as c:
+    with RawClient(port, source=source, timeout=timeout or IO_TIMEOUT) as c:
         c.ehlo()
         if starttls:
             c.starttls()
