@@ -34,11 +34,20 @@ IO_TIMEOUT = 8.0
 # small utilities
 
 
+_ports_given: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago (bind :0, read it, close)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A port that was free a moment ago (bind :0, read it, close) and that this process has not
+    handed out before: the kernel may offer a just-closed port again, and two listeners of one
+    config given the same port refuse to start."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in _ports_given:
+            _ports_given.add(port)
+            return port
 
 
 def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 10.0, alive=None) -> None:
