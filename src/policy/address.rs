@@ -58,6 +58,11 @@
 //! Cost is linear in the field length: one lexing pass (comment nesting is an explicit counter,
 //! never recursion) and parsers that only move forward; the lenient chain scans are bounded by
 //! the neighbouring `@` tokens, so every token is visited a constant number of times.
+//!
+//! Memory does not grow with the field: tokens are lexed on demand into a window ([`Tokens`])
+//! that forgets everything before the list element being read (at most [`MAX_WINDOW`] tokens;
+//! a longer entry is [`AddressError::TooLong`]), and addresses go to a [`Sink`] as they are
+//! found: the message's [`AddressSet`], or one address for a From: field.
 
 use super::address_set::AddressSet;
 use super::rfc2047;
@@ -87,7 +92,8 @@ pub enum AddressError {
     TooLong,
 }
 
-/// The addresses of one field, in the order written (duplicates kept; the caller de-duplicates).
+/// The addresses of one field, in the order written (duplicates kept when the field has only the
+/// RFC reading; the union of several readings is distinct).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AddressList {
     pub addresses: Vec<String>,

@@ -221,6 +221,11 @@ pub fn count<'a>(
                 Some((_, d)) => {
                     let canonical = address_domain(d);
                     if canonical == d {
+                        if domains.len() == domains.capacity() && domains.len() >= 1024 {
+                            // Millions of addresses in a few domains stay a short list.
+                            domains.sort_unstable();
+                            domains.dedup();
+                        }
                         domains.push(d);
                     } else {
                         respelled.push(canonical);

@@ -358,7 +358,9 @@ fn apply_edits(raw: &[u8], body_offset: usize, mut edits: Vec<(Range<usize>, Vec
     // An insertion sorts before a removal starting at the same byte.
     edits.sort_by_key(|(r, _)| (r.start, r.end));
     let extra: usize = edits.iter().map(|(_, b)| b.len()).sum();
-    let mut out = Vec::with_capacity(body_offset + extra + 2);
+    // Sized for what stays: a header of 25 MB of To/Cc becomes a few hundred bytes.
+    let removed: usize = edits.iter().map(|(r, _)| r.len()).sum();
+    let mut out = Vec::with_capacity((body_offset + extra + 2).saturating_sub(removed));
     let mut cursor = 0usize;
     for (r, bytes) in edits {
         let start = r.start.max(cursor);
