@@ -1153,6 +1153,82 @@ fn missing_key_file_refuses_open_unless_a_new_key_is_asked_for() {
     assert!(out.contains("HMAC key changed at seq 4"), "{out}");
 }
 
+/// A key file that now holds *another* key (a config-management run that made a fresh one, a
+/// copy from the wrong host) is refused like a missing one; `audit.new_key` starts it on purpose
+/// with a `key` line; a log from before stamps takes the key in force at its first start.
+#[test]
+fn replaced_key_file_refuses_open_unless_a_new_key_is_asked_for() {
+    let dir = tempdir();
+    let mut cfg = cfg_in(dir.path(), RecipientStorage::Hmac, 0);
+    assert_eq!(write_records(&cfg, 1, 3), [1, 2, 3]);
+    let stamp = dir.path().join("log/audit.jsonl.key-id");
+    let old_id = audit::HmacKey::load(&cfg.hmac_key_file).unwrap().key_id();
+    assert_eq!(fs::read_to_string(&stamp).unwrap().trim(), old_id);
+    fs::write(&cfg.hmac_key_file, format!("{}\n", "ab".repeat(32))).unwrap();
+    let new_id = audit::HmacKey::load(&cfg.hmac_key_file).unwrap().key_id();
+
+    assert!(matches!(
+        audit::check_key_file(&cfg),
+        Err(audit::AuditError::KeyReplaced { .. })
+    ));
+    let err = match AuditLog::open(&cfg, "pv") {
+        Ok(_) => panic!("opened a log with records under another key"),
+        Err(e) => format!("{e:#}"),
+    };
+    println!("{err}");
+    for part in [
+        cfg.hmac_key_file.display().to_string(),
+        stamp.display().to_string(),
+        old_id[..16].to_string(),
+        new_id[..16].to_string(),
+        "Put the original key file back".to_string(),
+        "audit.new_key = true".to_string(),
+    ] {
+        assert!(err.contains(&part), "{part:?} not in {err}");
+    }
+    assert_eq!(
+        audit::verify(&cfg.path).unwrap().records,
+        3,
+        "log untouched"
+    );
+
+    // Through the binary: `serve` refuses to start, naming the file.
+    let conf = config_file(dir.path(), &cfg);
+    let out = Command::new(BIN)
+        .args(["serve", "--config", conf.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert_ne!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("holds another key"), "serve output: {text}");
+
+    // On purpose: a `key` line first, the stamp follows the new key, later starts are quiet.
+    cfg.new_key = true;
+    assert_eq!(write_records(&cfg, 4, 1), [5]);
+    let key_line: audit::KeyRecord = serde_json::from_str(&lines(&cfg.path)[3]).unwrap();
+    assert_eq!(
+        (key_line.seq, key_line.key_id.as_str()),
+        (4, new_id.as_str())
+    );
+    assert!(
+        key_line.reason.contains("holds another key"),
+        "{}",
+        key_line.reason
+    );
+    assert_eq!(fs::read_to_string(&stamp).unwrap().trim(), new_id);
+    cfg.new_key = false;
+    assert_eq!(write_records(&cfg, 5, 1), [6]);
+
+    // A log without a stamp (written before stamps existed) takes the key in force.
+    fs::remove_file(&stamp).unwrap();
+    assert_eq!(write_records(&cfg, 6, 1), [7]);
+    assert_eq!(fs::read_to_string(&stamp).unwrap().trim(), new_id);
+    assert_eq!(audit::verify(&cfg.path).unwrap().key_changes, [4]);
+}
+
 /// Unmounts (and for chattr: clears the flag) however the test ends.
 struct Cleanup(Vec<Vec<String>>);
 

@@ -85,7 +85,9 @@
 //! when the key file is missing although the log has records ([`AuditError::KeyMissing`]:
 //! pseudonyms must never silently change key). The key file is created (32 random bytes, hex,
 //! mode 0600) when missing and the log has no records yet, or, with `audit.new_key = true`, on
-//! a log with records: then a `key` line is written first. An existing key file that group or
+//! a log with records: then a `key` line is written first. The id of the key in force is kept
+//! beside the log (`<path>.key-id`); a key file holding another key while the log has records is
+//! refused the same way ([`AuditError::KeyReplaced`]). An existing key file that group or
 //! others can read is used with a warning rather than refused (refusing would stop all mail
 //! for a permission slip).
 //!
@@ -103,6 +105,7 @@
 
 mod bound;
 mod file;
+mod key_stamp;
 mod pseudonym;
 mod reader;
 mod record;
@@ -153,6 +156,20 @@ pub enum AuditError {
          the change is recorded in the log"
     )]
     KeyMissing { key_file: String, log: String },
+    #[error(
+        "audit HMAC key file {key_file} holds another key (key_id {file_key}…) than the one the \
+         audit log {log} was written with (key_id {log_key}…, recorded in {stamp}); its records \
+         could no longer be found by recipient. Put the original key file back. To start a new \
+         key on purpose instead, set audit.new_key = true (or BCCGUARD__AUDIT__NEW_KEY=true) for \
+         one start; the change is recorded in the log"
+    )]
+    KeyReplaced {
+        key_file: String,
+        log: String,
+        stamp: String,
+        file_key: String,
+        log_key: String,
+    },
 }
 
 /// What the delivery stage knows about one message when it is done.
@@ -410,13 +427,18 @@ pub fn check_key_file(cfg: &AuditConfig) -> Result<(), AuditError> {
         return Ok(());
     }
     match HmacKey::load(&cfg.hmac_key_file) {
-        Ok(_) => Ok(()),
-        Err(KeyError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            let has_records = log_has_records(&cfg.path).map_err(|source| AuditError::Io {
-                path: cfg.path.display().to_string(),
+        Ok(key) => match key_stamp::read(&cfg.path, &key) {
+            Ok(key_stamp::Stamp::Other(log_key)) if !cfg.new_key && has_records(cfg)? => {
+                Err(key_replaced(cfg, &key, &log_key))
+            }
+            Ok(_) => Ok(()),
+            Err(source) => Err(AuditError::Io {
+                path: key_stamp::path(&cfg.path).display().to_string(),
                 source,
-            })?;
-            if has_records && !cfg.new_key {
+            }),
+        },
+        Err(KeyError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            if has_records(cfg)? && !cfg.new_key {
                 return Err(AuditError::KeyMissing {
                     key_file: cfg.hmac_key_file.display().to_string(),
                     log: cfg.path.display().to_string(),
@@ -425,6 +447,24 @@ pub fn check_key_file(cfg: &AuditConfig) -> Result<(), AuditError> {
             Ok(())
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+fn has_records(cfg: &AuditConfig) -> Result<bool, AuditError> {
+    log_has_records(&cfg.path).map_err(|source| AuditError::Io {
+        path: cfg.path.display().to_string(),
+        source,
+    })
+}
+
+/// The refusal for a key file that holds another key than the log's stamp names.
+fn key_replaced(cfg: &AuditConfig, key: &HmacKey, log_key: &str) -> AuditError {
+    AuditError::KeyReplaced {
+        key_file: cfg.hmac_key_file.display().to_string(),
+        log: cfg.path.display().to_string(),
+        stamp: key_stamp::path(&cfg.path).display().to_string(),
+        file_key: key_stamp::short(&key.key_id()).to_string(),
+        log_key: key_stamp::short(log_key).to_string(),
     }
 }
 

@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 
 use super::bound;
 use super::file::{scan_tail, sync_dir};
+use super::key_stamp::{self, Stamp};
 use super::pseudonym::{HmacKey, KeyError};
 use super::reader;
 use super::record::{KeyRecord, Kind, GENESIS};
@@ -86,6 +87,8 @@ pub struct Writer {
     /// A new key was started on a log with records: the `key` line still to be written
     /// (before any other record), with its reason.
     key_record_due: Option<String>,
+    /// `<log>.key-id` must be (re)written with the key in force.
+    stamp_due: bool,
 }
 
 fn parent_of(path: &Path) -> &Path {
@@ -167,6 +170,7 @@ impl Writer {
             head: None,
             last_probe: Instant::now(),
             key_record_due: None,
+            stamp_due: false,
         }
     }
 
@@ -187,6 +191,7 @@ impl Writer {
         self.current = None;
         if self.cfg.recipients == RecipientStorage::Hmac && self.key.is_none() {
             let key = self.load_key()?;
+            self.check_stamp(&key)?;
             let _ = self.stats.key.set(key.clone());
             self.key = Some(key);
         }
@@ -272,6 +277,10 @@ impl Writer {
                 return Err(e);
             }
         }
+        if let Err(e) = self.write_stamp() {
+            self.current = None;
+            return Err(e);
+        }
         Ok(())
     }
 
@@ -304,6 +313,58 @@ impl Writer {
             ));
         }
         Ok(key)
+    }
+
+    /// Compares the key with the one the log was written under (`<log>.key-id`, see
+    /// [`key_stamp`]): another key on a log with records is refused unless `audit.new_key`
+    /// asks for it (then a `key` line is due). The stamp is (re)written once the key line, if
+    /// any, is on disk ([`Writer::write_stamp`]).
+    fn check_stamp(&mut self, key: &HmacKey) -> Result<(), AuditError> {
+        let path = self.cfg.path.clone();
+        let stamp_err = |source| AuditError::Io {
+            path: key_stamp::path(&path).display().to_string(),
+            source,
+        };
+        match key_stamp::read(&path, key).map_err(stamp_err)? {
+            Stamp::Same => {}
+            Stamp::Absent => self.stamp_due = true,
+            Stamp::Other(log_key) => {
+                let has_records = log_has_records(&path).map_err(|e| self.io_err(e))?;
+                if has_records && !self.cfg.new_key {
+                    return Err(super::key_replaced(&self.cfg, key, &log_key));
+                }
+                if has_records && self.key_record_due.is_none() {
+                    tracing::warn!(
+                        key_file = %self.cfg.hmac_key_file.display(),
+                        key_id = %key.key_id(),
+                        "audit HMAC key file holds another key than the log's; started it as \
+                         audit.new_key asks (records made under the old key can no longer be \
+                         searched by recipient)"
+                    );
+                    self.key_record_due = Some(format!(
+                        "key file {} holds another key than the log was written with (key_id {}…); \
+                         a new key was started (audit.new_key = true)",
+                        self.cfg.hmac_key_file.display(),
+                        key_stamp::short(&log_key)
+                    ));
+                }
+                self.stamp_due = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the key in force beside the log, after its `key` line (if one was due).
+    fn write_stamp(&mut self) -> Result<(), AuditError> {
+        let Some(key) = self.key.as_ref().filter(|_| self.stamp_due) else {
+            return Ok(());
+        };
+        key_stamp::write(&self.cfg.path, key).map_err(|source| AuditError::Io {
+            path: key_stamp::path(&self.cfg.path).display().to_string(),
+            source,
+        })?;
+        self.stamp_due = false;
+        Ok(())
     }
 
     /// Appends the due `key` line (write + sync) to the freshly opened file.
@@ -596,7 +657,9 @@ impl Writer {
 pub fn is_fatal(e: &AuditError) -> bool {
     matches!(
         e,
-        AuditError::Key(KeyError::Invalid { .. }) | AuditError::KeyMissing { .. }
+        AuditError::Key(KeyError::Invalid { .. })
+            | AuditError::KeyMissing { .. }
+            | AuditError::KeyReplaced { .. }
     )
 }
 
