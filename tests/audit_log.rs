@@ -812,6 +812,50 @@ fn outcome(decision_seq: u64, result: audit::OutcomeResult) -> audit::AuditOutco
     }
 }
 
+/// A split whose copy went to the spool: the decision's own outcome says `spooled`, the copy's
+/// later delivery is one more outcome; `query` shows both, `verify` counts them; addresses that
+/// upstream replies quote never reach the log.
+#[test]
+fn a_spooled_copy_settling_later_is_shown_with_its_decision() {
+    let dir = tempdir();
+    let cfg = cfg_in(dir.path(), RecipientStorage::Hmac, 0);
+    let log = AuditLog::open(&cfg, "pv").unwrap();
+    let rt = rt();
+    let d = rt.block_on(log.record_decision(event(1))).unwrap();
+    let mut own = outcome(d, audit::OutcomeResult::Spooled);
+    own.upstream = Some("451 4.2.0 <bob1@partner.example>: try later".to_string());
+    rt.block_on(log.record_outcome(own)).unwrap();
+    let mut later = outcome(d, audit::OutcomeResult::Delivered);
+    later.upstream = Some("spooled copy 0001: 250 2.0.0 Ok: queued as XYZ".to_string());
+    rt.block_on(log.record_outcome(later)).unwrap();
+    drop(log);
+    assert!(!fs::read_to_string(&cfg.path).unwrap().contains("bob1@"));
+    let r = audit::verify(&cfg.path).unwrap();
+    assert_eq!((r.decisions, r.outcomes), (1, 2));
+    assert!(r.decisions_without_outcome.is_empty());
+
+    let conf = config_file(dir.path(), &cfg);
+    let conf = conf.to_str().unwrap();
+    let (code, out, err) = bccguard(&["audit", "query", "--config", conf, "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let shown: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(shown["outcome"]["result"], "spooled");
+    assert_eq!(
+        shown["outcome"]["upstream"],
+        "451 4.2.0 [address] try later"
+    );
+    assert_eq!(shown["later_outcomes"][0]["result"], "delivered");
+    assert_eq!(
+        shown["later_outcomes"][0]["upstream"],
+        "spooled copy 0001: 250 2.0.0 Ok: queued as XYZ"
+    );
+    let (_, out, _) = bccguard(&["audit", "query", "--config", conf]);
+    assert!(
+        out.contains("outcome=spooled (seq 2)") && out.contains("later=delivered (seq 3)"),
+        "{out}"
+    );
+}
+
 #[test]
 fn decisions_and_outcomes_chain_and_verify_lists_the_open_ones() {
     let dir = tempdir();

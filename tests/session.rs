@@ -284,7 +284,7 @@ fn relay_from(toml: &str, upstream: SocketAddr) -> Relay {
     let audit = AuditLog::open(&cfg.audit, &live.policy.version()).unwrap();
     let stages = Stages {
         upstream,
-        audit,
+        audit: Arc::new(audit),
         metrics: observe,
         hostname: cfg.server.hostname.clone(),
         spool: None,

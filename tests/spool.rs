@@ -7,10 +7,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bccguard::audit::AuditLog;
 use bccguard::config::SpoolConfig;
+use bccguard::config::{AuditConfig, RecipientStorage};
 use bccguard::metrics::Metrics;
 use bccguard::reply::Reply;
-use bccguard::spool::{CopySender, Spool, SpoolError, SpoolJob};
+use bccguard::spool::{AuditLink, CopySender, Spool, SpoolError, SpoolJob};
 use tokio::sync::watch;
 
 /// One transaction the fake upstream saw.
@@ -125,6 +127,7 @@ fn job(from: &str, rcpt: &str) -> SpoolJob {
         data: message(rcpt),
         attempts: 3,
         last_error: Some("451 4.4.2 connection lost".to_string()),
+        audit: None,
     }
 }
 
@@ -292,6 +295,95 @@ async fn permanent_failure_bounces_a_report_to_the_sender() {
     assert!(!text.contains("body for gone"), "the body is not returned");
     assert!(entry_files(&c.path).is_empty());
     run.stop().await;
+}
+
+/// A copy spooled by a split carries its message's audit decision: when it leaves the spool
+/// (delivered, or bounced with a report) that is one more outcome of the decision, in the chain.
+#[tokio::test]
+async fn a_linked_copy_settling_later_is_an_outcome_of_its_decision() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = cfg(tmp.path());
+    let audit_cfg = AuditConfig {
+        path: tmp.path().join("audit/audit.jsonl"),
+        recipients: RecipientStorage::None,
+        hmac_key_file: PathBuf::new(),
+        log_accepts: false,
+        rotate_bytes: 0,
+        new_key: false,
+    };
+    let log = Arc::new(AuditLog::open(&audit_cfg, "pv").unwrap());
+    let spool = Arc::new(Spool::open(&c).unwrap().with_audit(Arc::clone(&log)));
+    let fake = Fake::default();
+    // Real upstreams quote the recipient in the reply text: it must not reach the audit log.
+    fake.script(
+        "gone@example.net",
+        vec![Ok(Reply::new(
+            550,
+            (5, 1, 1),
+            "<gone@example.net>: Recipient address rejected",
+        ))],
+    );
+    let link = |seq| {
+        Some(AuditLink {
+            decision_seq: seq,
+            session: "sess-1".to_string(),
+        })
+    };
+    let mut delivered = job("a@example.org", "b@example.net");
+    delivered.audit = link(7);
+    let mut bounced = job("a@example.org", "gone@example.net");
+    bounced.audit = link(7);
+    let unlinked = job("a@example.org", "c@example.net");
+    let ids = [
+        spool.enqueue(delivered).await.unwrap(),
+        spool.enqueue(bounced).await.unwrap(),
+        spool.enqueue(unlinked).await.unwrap(),
+    ];
+    let run = start(spool.clone(), fake.clone());
+    wait_until("spool empty", Duration::from_secs(10), || {
+        spool.list().is_empty()
+    })
+    .await;
+    run.stop().await;
+    wait_until("two outcomes on disk", Duration::from_secs(5), || {
+        log.stats().records >= 2
+    })
+    .await;
+    let outcomes: Vec<serde_json::Value> = std::fs::read_to_string(&audit_cfg.path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    println!("{outcomes:#?}");
+    assert_eq!(
+        outcomes.len(),
+        2,
+        "the unlinked copy and the report write nothing"
+    );
+    for (o, (id, result, says)) in outcomes.iter().zip([
+        (&ids[0], "delivered", "250 2.0.0 queued"),
+        (
+            &ids[1],
+            "refused",
+            "queued: 550 5.1.1 [address] Recipient address rejected",
+        ),
+    ]) {
+        assert_eq!(o["kind"], "outcome");
+        assert_eq!(o["decision_seq"], 7);
+        assert_eq!(o["session"], "sess-1");
+        assert_eq!(o["result"], result);
+        let upstream = o["upstream"].as_str().unwrap();
+        assert!(
+            upstream.starts_with(&format!("spooled copy {id}: ")),
+            "{upstream}"
+        );
+        assert!(upstream.contains(says), "{upstream}");
+        assert!(
+            !upstream.contains("@example.net"),
+            "no recipient in the log: {upstream}"
+        );
+    }
+    assert!(bccguard::audit::verify(&audit_cfg.path).is_ok());
 }
 
 #[tokio::test]

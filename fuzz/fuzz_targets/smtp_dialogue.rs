@@ -61,7 +61,7 @@ fn world() -> &'static World {
         let audit = AuditLog::open(&cfg.audit, &live.policy.version()).expect("audit");
         let stages = Stages {
             upstream: up,
-            audit,
+            audit: Arc::new(audit),
             metrics: observe,
             hostname: cfg.server.hostname.clone(),
             spool: None,

@@ -88,6 +88,29 @@ pub fn cap(s: &str, max: usize) -> String {
     format!("{}…[cut, {} bytes in all]", &s[..end], s.len())
 }
 
+/// An upstream reply with every word holding an `@` replaced by `[address]`: refusals quote the
+/// recipient (`550 5.1.1 <b@example.net>: Recipient address rejected`), and the log must not
+/// become a second copy of who was written to. Codes, queue ids and the rest of the text stay.
+pub fn without_addresses(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while !rest.is_empty() {
+        let word_end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+        let (word, after) = rest.split_at(word_end);
+        out.push_str(if word.contains('@') {
+            "[address]"
+        } else {
+            word
+        });
+        let space_end = after
+            .find(|c: char| !c.is_whitespace())
+            .unwrap_or(after.len());
+        out.push_str(&after[..space_end]);
+        rest = &after[space_end..];
+    }
+    out
+}
+
 fn cap_opt(s: &Option<String>, max: usize) -> Option<String> {
     s.as_deref().map(|v| cap(v, max))
 }
@@ -213,7 +236,7 @@ pub fn event_line(e: &AuditEvent, c: &Context<'_>) -> Result<(Vec<u8>, String), 
             recipients_mode: mode.to_string(),
             recipients,
             recipients_summary: summary,
-            upstream: cap_opt(&e.upstream, t),
+            upstream: cap_opt(&e.upstream.as_deref().map(without_addresses), t),
             policy_version: cap(c.policy_version, t),
             header_digest_original: cap(&e.header_digest_original, t),
             header_digest_forwarded: cap_opt(&e.header_digest_forwarded, t),
@@ -248,7 +271,7 @@ pub fn outcome_line(
         session: cap(&o.session, t),
         decision_seq: o.decision_seq,
         result: o.result,
-        upstream: cap_opt(&o.upstream, t),
+        upstream: cap_opt(&o.upstream.as_deref().map(without_addresses), t),
         header_digest_forwarded: cap_opt(&o.header_digest_forwarded, t),
         prev: prev.to_string(),
         hash: String::new(),
@@ -269,6 +292,19 @@ mod tests {
         assert_eq!(cap("short", 10), "short");
         let c = cap("ääää", 3);
         assert!(c.starts_with('ä') && c.contains("8 bytes in all"), "{c}");
+    }
+
+    #[test]
+    fn upstream_replies_lose_the_addresses_they_quote() {
+        assert_eq!(
+            without_addresses("550 5.1.1 <gone@example.net>: Recipient address rejected"),
+            "550 5.1.1 [address] Recipient address rejected"
+        );
+        assert_eq!(
+            without_addresses("250 2.0.0 Ok: queued as 4Xyz"),
+            "250 2.0.0 Ok: queued as 4Xyz"
+        );
+        assert_eq!(without_addresses("a@b  c\td@e"), "[address]  c\t[address]");
     }
 
     #[test]

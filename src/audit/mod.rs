@@ -10,7 +10,9 @@
 //!   `session`, `decision_seq` (the decision's seq), `result` (`delivered` | `refused` |
 //!   `spooled` | `failed`, see [`OutcomeResult`]), `upstream`, `header_digest_forwarded`, `prev`,
 //!   `hash`. A decision without an outcome means the relay stopped (or could not write) after
-//!   forwarding; `verify` lists such decisions and still passes.
+//!   forwarding; `verify` lists such decisions and still passes. A split copy that went to the
+//!   spool adds one more outcome of its decision when it leaves the spool: `delivered`, or
+//!   `refused` when it was bounced (`upstream` = `spooled copy <id>: <reply>`).
 //! - `record`: a complete one-shot record, for a message refused here (nothing forwarded)
 //!   ([`AuditLog::record`]). Lines written before kinds existed have no `kind`: read as `record`.
 //! - `key`: a new HMAC key is in force from here on: `time`, `seq`, `kind`, `key_id` (hex
@@ -26,7 +28,8 @@
 //! (`hmac`|`plain`|`none`), `recipients` (the visible addresses as `hmac:<hex>` =
 //! HMAC-SHA256 under the key file of the address with its domain lower-cased; or the addresses
 //! for `plain`; the member is absent for `none`), `recipients_summary` (only when `recipients`
-//! does not list them all), `upstream` (its reply, or null), `policy_version`,
+//! does not list them all), `upstream` (its reply with every word holding an `@` written
+//! `[address]`: refusals quote recipients; or null), `policy_version`,
 //! `header_digest_original`, `header_digest_forwarded`, `prev`, `hash`.
 //! Absent optional values are `null` (except `recipients` and `recipients_summary`, which are
 //! left out).

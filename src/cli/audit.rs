@@ -20,7 +20,7 @@
 //! file, pseudonymised ones (HMAC of the address as given and with its local part lower-cased).
 //!
 //! Two-phase records: `query` shows a decision with its outcome (`--json`: an `outcome` member,
-//! null when none was written); outcome and key lines are not shown on their own. With
+//! null when none was written, and `later_outcomes`: split copies that left the spool later); outcome and key lines are not shown on their own. With
 //! `--recipient` it says how many records were made under another HMAC key (after a `key`
 //! line) and how many list only the first of their recipients (a summary). `verify` also lists
 //! decisions without an outcome line (still exit 0: the chain is intact) and key changes.
@@ -440,7 +440,9 @@ fn human(r: &Record) -> String {
 /// only part of their recipients.
 #[derive(Default)]
 struct Pass1 {
-    outcomes: HashMap<u64, audit::OutcomeRecord>,
+    /// Every outcome of each shown decision, in log order: the decision's own first, then one
+    /// per split copy that left the spool later.
+    outcomes: HashMap<u64, Vec<audit::OutcomeRecord>>,
     other_key: u64,
     other_key_last_seq: Option<u64>,
     /// Records whose recipient list was summarised and did not match in the part listed.
@@ -472,7 +474,7 @@ fn first_pass(path: &Path, filter: &Filter) -> std::io::Result<Pass1> {
         }
         Ok(audit::AnyRecord::Outcome(o)) => {
             if wanted.contains(&o.decision_seq) {
-                p.outcomes.insert(o.decision_seq, o);
+                p.outcomes.entry(o.decision_seq).or_default().push(o);
             }
         }
         Ok(audit::AnyRecord::Key(k)) => {
@@ -493,24 +495,38 @@ fn first_pass(path: &Path, filter: &Filter) -> std::io::Result<Pass1> {
     Ok(p)
 }
 
-fn outcome_text(o: Option<&audit::OutcomeRecord>) -> String {
-    match o {
-        Some(o) => format!(
-            " outcome={} (seq {}) upstream={:?}",
-            o.result.as_str(),
-            o.seq,
-            o.upstream.as_deref().unwrap_or("-")
-        ),
-        None => " outcome=none (no outcome record)".to_string(),
+fn outcome_text(outcomes: &[audit::OutcomeRecord]) -> String {
+    let Some((o, later)) = outcomes.split_first() else {
+        return " outcome=none (no outcome record)".to_string();
+    };
+    let mut s = format!(
+        " outcome={} (seq {}) upstream={:?}",
+        o.result.as_str(),
+        o.seq,
+        o.upstream.as_deref().unwrap_or("-")
+    );
+    for l in later {
+        s.push_str(&format!(
+            " later={} (seq {}) upstream={:?}",
+            l.result.as_str(),
+            l.seq,
+            l.upstream.as_deref().unwrap_or("-")
+        ));
     }
+    s
 }
 
-fn json_line(r: &Record, outcome: Option<&audit::OutcomeRecord>) -> Result<String, String> {
+/// A decision as JSON with `outcome` (its own, or null) and `later_outcomes` (spooled copies
+/// that left the spool afterwards; empty for most).
+fn json_line(r: &Record, outcomes: &[audit::OutcomeRecord]) -> Result<String, String> {
     let mut v = serde_json::to_value(r).map_err(|e| e.to_string())?;
     if r.kind == audit::Kind::Decision {
         if let serde_json::Value::Object(map) = &mut v {
-            let o = serde_json::to_value(outcome).map_err(|e| e.to_string())?;
-            map.insert("outcome".to_string(), o);
+            let first = serde_json::to_value(outcomes.first()).map_err(|e| e.to_string())?;
+            map.insert("outcome".to_string(), first);
+            let later = serde_json::to_value(outcomes.get(1..).unwrap_or_default())
+                .map_err(|e| e.to_string())?;
+            map.insert("later_outcomes".to_string(), later);
         }
     }
     serde_json::to_string(&v).map_err(|e| e.to_string())
@@ -545,11 +561,11 @@ fn run_query(path: &Path, filter: &Filter, json: bool) -> ExitCode {
             if !filter.matches(&r) || out_err.is_some() {
                 return;
             }
-            let outcome = pass1.outcomes.get(&r.seq);
+            let outcomes = pass1.outcomes.get(&r.seq).map_or(&[][..], Vec::as_slice);
             let line = if json {
-                json_line(&r, outcome)
+                json_line(&r, outcomes)
             } else if r.kind == audit::Kind::Decision {
-                Ok(format!("{}{}", human(&r), outcome_text(outcome)))
+                Ok(format!("{}{}", human(&r), outcome_text(outcomes)))
             } else {
                 Ok(human(&r))
             };

@@ -26,7 +26,7 @@ const COPY_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(5
 /// What every message's delivery uses and no session owns.
 pub struct Stages {
     pub upstream: Upstream,
-    pub audit: AuditLog,
+    pub audit: std::sync::Arc<AuditLog>,
     pub metrics: Observe,
     pub hostname: String,
     /// Durable spool for copies still failing temporarily after the in-session attempts.
@@ -139,9 +139,17 @@ async fn run(
         Some(Route::Transaction) => forward(held, &received_field, &sends[0])
             .await
             .with_decision(decision),
-        _ => split(stages, job, message, held, &received_field, &sends)
-            .await
-            .with_decision(decision),
+        _ => split(
+            stages,
+            job,
+            message,
+            held,
+            &received_field,
+            &sends,
+            decision_seq,
+        )
+        .await
+        .with_decision(decision),
     };
     outcome.decision_seq = decision_seq;
     outcome.visible_count = Some(visible_count);
@@ -225,8 +233,15 @@ async fn split(
     held: &mut Option<UpstreamSession>,
     received: &str,
     copies: &[Send<'_>],
+    decision_seq: Option<u64>,
 ) -> Outcome {
     reset_upstream(held).await;
+    // A copy spooled now is settled later: its delivery or bounce becomes an outcome of this
+    // message's decision.
+    let audit_link = decision_seq.map(|decision_seq| crate::spool::AuditLink {
+        decision_seq,
+        session: job.client.session_id.clone(),
+    });
     let mut accepted = 0usize;
     let mut failures: Vec<(String, Reply)> = Vec::new();
     let mut pending = Vec::new();
@@ -292,6 +307,7 @@ async fn split(
             );
             job.attempts = attempts;
             job.last_error = Some(reply.to_string());
+            job.audit = audit_link.clone();
             match spool.enqueue(job).await {
                 Ok(id) => {
                     tracing::info!(%id, "split copy spooled for retry");

@@ -75,8 +75,9 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let observe = Observe::new(metrics.clone());
     observe.tls_certificate(cfg.tls.as_ref()); // metrics: certificate expiry gauge
     let upstream = Upstream::new(&cfg.upstream, &cfg.server.hostname, observe.clone())?;
-    let audit =
-        AuditLog::open(&cfg.audit, &live.policy.version()).context("opening the audit log")?;
+    let audit = Arc::new(
+        AuditLog::open(&cfg.audit, &live.policy.version()).context("opening the audit log")?,
+    );
     if !audit.is_writable() {
         tracing::error!(
             path = %cfg.audit.path.display(),
@@ -106,6 +107,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         &cfg,
         upstream.clone(),
         metrics.clone(),
+        Arc::clone(&audit),
         shutdown_rx.clone(),
     )?;
     let stages = Stages {

@@ -35,6 +35,14 @@ const MAX_ENVELOPE_LINE: usize = 64 * 1024;
 /// Longest last-error text kept in the state block.
 const MAX_ERROR_CHARS: usize = 300;
 
+/// The audit decision a spooled copy belongs to: its later delivery or bounce is recorded as
+/// another outcome of that decision.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AuditLink {
+    pub decision_seq: u64,
+    pub session: String,
+}
+
 /// The immutable part of an entry: who it goes to and from, and what it is.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Envelope {
@@ -50,6 +58,9 @@ pub struct Envelope {
     pub size: u64,
     /// Delivery attempts made before the copy was spooled (in the client's session).
     pub prior_attempts: u32,
+    /// Absent in files written before links existed, and for generated reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditLink>,
 }
 
 /// The mutable part: retry bookkeeping.
@@ -304,6 +315,7 @@ mod tests {
             created_ms: 1,
             size: data.len() as u64,
             prior_attempts: 2,
+            audit: None,
         }
     }
 

@@ -42,9 +42,11 @@ use serde::Serialize;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
+use crate::audit::{AuditLog, AuditOutcome, OutcomeResult};
 use crate::config::SpoolConfig;
 use crate::metrics::{Metrics, SpoolEvent, SpoolStatus};
 use crate::reply::Reply;
+pub use file::AuditLink;
 use file::{Envelope, ReadError, State};
 
 /// Name of the trigger file `bccguard spool flush` creates.
@@ -89,6 +91,8 @@ pub struct SpoolJob {
     pub attempts: u32,
     /// The last failure, e.g. the upstream's reply or "connection lost".
     pub last_error: Option<String>,
+    /// The audit decision of the message this copy belongs to, if it has one.
+    pub audit: Option<AuditLink>,
 }
 
 impl SpoolJob {
@@ -101,6 +105,7 @@ impl SpoolJob {
             data: parts.concat(),
             attempts: 0,
             last_error: None,
+            audit: None,
         }
     }
 }
@@ -204,6 +209,8 @@ pub struct Spool {
     cfg: SpoolConfig,
     hostname: String,
     metrics: Option<Arc<Metrics>>,
+    /// Where a linked copy's delivery or bounce is recorded (see [`AuditLink`]).
+    audit: Option<Arc<AuditLog>>,
     index: Arc<Mutex<Index>>,
     wake: Arc<Notify>,
     /// Damaged entries moved aside by `open`, counted once metrics are attached.
@@ -424,6 +431,7 @@ impl Spool {
             cfg: cfg.clone(),
             hostname: "localhost".to_string(),
             metrics: None,
+            audit: None,
             index: Arc::new(Mutex::new(index)),
             wake: Arc::new(Notify::new()),
             quarantined_at_open: quarantined,
@@ -435,6 +443,12 @@ impl Spool {
     /// The host name delivery reports say they come from (`[server] hostname`).
     pub fn with_reporting_host(mut self, hostname: &str) -> Spool {
         self.hostname = hostname.to_string();
+        self
+    }
+
+    /// Records what becomes of linked copies as outcomes of their decisions in `audit`.
+    pub fn with_audit(mut self, audit: Arc<AuditLog>) -> Spool {
+        self.audit = Some(audit);
         self
     }
 
@@ -539,6 +553,7 @@ impl Spool {
             created_ms,
             size: job.data.len() as u64,
             prior_attempts: job.attempts,
+            audit: job.audit,
         };
         let state = State {
             attempts: 0,
@@ -756,6 +771,8 @@ impl Spool {
                 tracing::info!(%id, rcpt = %env.rcpt, reply = %r, "spool: copy delivered");
                 self.event(SpoolEvent::Delivered);
                 self.forget(&id);
+                self.record_settled(&id, &env, OutcomeResult::Delivered, &r.to_string())
+                    .await;
             }
             Ok(r) if r.is_permanent() => self.bounce(&id, &env, &data, r.to_string()).await,
             Ok(r) => self.defer(&id, r.to_string(), Some((&env, &data))).await,
@@ -848,11 +865,15 @@ impl Spool {
             data: report,
             attempts: 0,
             last_error: None,
+            audit: None,
         };
         match self.enqueue_at(job, now_ms(), false).await {
             Ok(report_id) => {
                 tracing::warn!(%id, rcpt = %env.rcpt, %reason, %report_id, "spool: copy bounced; report to the sender queued");
                 self.remove_entry(id, SpoolEvent::Bounced).await;
+                let detail = format!("bounced, report {report_id} queued: {reason}");
+                self.record_settled(id, env, OutcomeResult::Refused, &detail)
+                    .await;
             }
             Err(e) => {
                 // Keep the copy: the bounce is tried again at its next turn.
@@ -870,6 +891,28 @@ impl Spool {
                 };
                 self.store_state(id, state).await;
             }
+        }
+    }
+
+    /// A linked copy left the spool: one more outcome of its decision (the audit log drops
+    /// addresses quoted in `detail`). The copy is gone either way (delivered or replaced by a
+    /// report), so a failure to record is logged, not retried;
+    /// `audit verify` still shows the decision's own outcome (`spooled`).
+    async fn record_settled(&self, id: &str, env: &Envelope, result: OutcomeResult, detail: &str) {
+        let (Some(log), Some(link)) = (self.audit.as_ref(), env.audit.as_ref()) else {
+            return;
+        };
+        let written = log
+            .record_outcome(AuditOutcome {
+                decision_seq: link.decision_seq,
+                session: link.session.clone(),
+                upstream: Some(format!("spooled copy {id}: {detail}")),
+                header_digest_forwarded: None,
+                result,
+            })
+            .await;
+        if let Err(e) = written {
+            tracing::error!(%id, decision_seq = link.decision_seq, "spool: audit outcome not written: {e}");
         }
     }
 

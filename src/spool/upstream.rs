@@ -35,12 +35,14 @@ pub fn start_for_serve(
     cfg: &crate::config::Config,
     upstream: Upstream,
     metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
+    audit: std::sync::Arc<crate::audit::AuditLog>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<(std::sync::Arc<super::Spool>, tokio::task::JoinHandle<()>)> {
     use anyhow::Context;
     let mut spool = super::Spool::open(&cfg.spool)
         .with_context(|| format!("opening the spool {}", cfg.spool.path.display()))?
-        .with_reporting_host(&cfg.server.hostname);
+        .with_reporting_host(&cfg.server.hostname)
+        .with_audit(audit);
     if let Some(m) = metrics {
         spool = spool.with_metrics(m);
     }

@@ -705,8 +705,15 @@ def merge_audit_outcomes(lines: list[dict]) -> list[dict]:
     """One entry per audited message, in log order: one-shot records (`kind` "record", or no kind in
     logs written before kinds existed) as they are, and each decision with its outcome folded in
     (`upstream` and `header_digest_forwarded` from the outcome, the outcome itself under "outcome",
-    None while there is none). Outcome and key lines are not entries of their own."""
-    outcomes = {l["decision_seq"]: l for l in lines if l.get("kind") == "outcome"}
+    None while there is none; outcomes written later for spooled copies under "later_outcomes").
+    Outcome and key lines are not entries of their own."""
+    outcomes, later = {}, {}
+    for l in lines:
+        if l.get("kind") == "outcome":
+            if l["decision_seq"] in outcomes:
+                later.setdefault(l["decision_seq"], []).append(l)
+            else:
+                outcomes[l["decision_seq"]] = l
     merged = []
     for l in lines:
         kind = l.get("kind", "record")
@@ -716,6 +723,7 @@ def merge_audit_outcomes(lines: list[dict]) -> list[dict]:
             entry = dict(l)
             o = outcomes.get(l["seq"])
             entry["outcome"] = o
+            entry["later_outcomes"] = later.get(l["seq"], [])
             if o is not None:
                 entry["upstream"] = o.get("upstream")
                 entry["header_digest_forwarded"] = o.get("header_digest_forwarded")

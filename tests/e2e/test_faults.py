@@ -201,6 +201,14 @@ def test_split_under_dropped_data_and_kill9_loses_nothing(harness):
     codes = Counter(c for _, _, _, c in attempts.rows)
     spooled = relay.log.count("split copy spooled for retry")
     retried = len(re.findall(r"split copy: ", relay.log))
+    # A spooled copy that leaves the spool is one more outcome of its message's decision, also
+    # when it was spooled before the kill and delivered by the restarted relay.
+    audit_lines = relay.audit_lines()
+    decisions = {l["seq"]: l for l in audit_lines if l.get("kind") == "decision"}
+    settled = [l for l in audit_lines
+               if l.get("kind") == "outcome" and (l.get("upstream") or "").startswith("spooled copy ")]
+    own = {l["decision_seq"]: l for l in audit_lines
+           if l.get("kind") == "outcome" and l not in settled}
     print(
         f"\nsplit under faults: {messages} messages x 3 rcpts by {clients} clients in {sent_s:.1f} s; "
         f"upstream down for 5 s, then relay killed -9 at {kill_at - started:.1f} s with {spooled_at_kill} "
@@ -213,6 +221,8 @@ def test_split_under_dropped_data_and_kill9_loses_nothing(harness):
         f"  acknowledged copies: {3 * len(acked)}; delivered {3 * len(acked) - len(lost) - via_report}, "
         f"reported to the sender {via_report}, LOST {len(lost)}\n"
         f"  relay: {retried} copy attempts failed and were retried in-session, {spooled} copies spooled\n"
+        f"  audit: {len(decisions)} decisions, {len(settled)} outcomes of spooled copies "
+        f"({Counter(l['result'] for l in settled)})\n"
         f"  duplicates: {len(dup_in_flight)} copies of {len({t for t, _, _ in dup_in_flight})} messages "
         f"in flight at the kill (at-least-once, allowed); {len(dup)} elsewhere"
     )
@@ -222,6 +232,12 @@ def test_split_under_dropped_data_and_kill9_loses_nothing(harness):
     assert not stray, f"copies the client never asked for: {stray[:10]}"
     assert up.dropped >= 100, "the fault was injected (every 7th DATA end dropped)"
     assert spooled >= 1, "the outage put copies into the spool (else the kill tested nothing durable)"
+    assert settled, "no spooled copy was recorded as an outcome of its decision"
+    for l in settled:
+        assert l["decision_seq"] in decisions, l
+        # The decision's own outcome says so (absent only if the kill fell between the two).
+        assert own.get(l["decision_seq"], {"result": "spooled"})["result"] == "spooled", l
+    assert not [l for l in audit_lines if "@" in (l.get("upstream") or "")], "an address in an audit upstream"
     # The visible list moves into the decision record; the summary line still counts it.
     done = [l for l in relay.log.splitlines() if "message done" in l]
     assert done and all("visible=3 " in l for l in done), done[:3]
