@@ -1103,6 +1103,31 @@ fn a_complete_record_over_16_mib_is_never_cut_on_open() {
     println!("a {} byte record was kept on reopen", line.len());
 }
 
+/// `AuditLog::open` must refuse `cfg`; its error text.
+fn open_refused(cfg: &AuditConfig, why: &str) -> String {
+    let err = match AuditLog::open(cfg, "pv") {
+        Ok(_) => panic!("opened a log {why}"),
+        Err(e) => format!("{e:#}"),
+    };
+    println!("{err}");
+    err
+}
+
+/// `bccguard serve` on `cfg` must refuse to start; what it printed.
+fn serve_refused(dir: &Path, cfg: &AuditConfig) -> String {
+    let conf = config_file(dir, cfg);
+    let out = Command::new(BIN)
+        .args(["serve", "--config", conf.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert_ne!(out.status.code(), Some(0), "{text}");
+    text
+}
+
 #[test]
 fn missing_key_file_refuses_open_unless_a_new_key_is_asked_for() {
     let dir = tempdir();
@@ -1115,11 +1140,7 @@ fn missing_key_file_refuses_open_unless_a_new_key_is_asked_for() {
         audit::check_key_file(&cfg),
         Err(audit::AuditError::KeyMissing { .. })
     ));
-    let err = match AuditLog::open(&cfg, "pv") {
-        Ok(_) => panic!("opened a log with records without its key"),
-        Err(e) => format!("{e:#}"),
-    };
-    println!("{err}");
+    let err = open_refused(&cfg, "with records without its key");
     assert!(
         err.contains(&cfg.hmac_key_file.display().to_string()),
         "{err}"
@@ -1137,17 +1158,7 @@ fn missing_key_file_refuses_open_unless_a_new_key_is_asked_for() {
     );
 
     // Through the binary: `serve` refuses to start, naming the file.
-    let conf = config_file(dir.path(), &cfg);
-    let conf = conf.to_str().unwrap();
-    let out = Command::new(BIN)
-        .args(["serve", "--config", conf])
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
-    assert_ne!(out.status.code(), Some(0), "{text}");
+    let text = serve_refused(dir.path(), &cfg);
     assert!(text.contains("audit.new_key"), "serve output: {text}");
     assert!(!cfg.hmac_key_file.exists());
 
@@ -1215,11 +1226,7 @@ fn replaced_key_file_refuses_open_unless_a_new_key_is_asked_for() {
         audit::check_key_file(&cfg),
         Err(audit::AuditError::KeyReplaced { .. })
     ));
-    let err = match AuditLog::open(&cfg, "pv") {
-        Ok(_) => panic!("opened a log with records under another key"),
-        Err(e) => format!("{e:#}"),
-    };
-    println!("{err}");
+    let err = open_refused(&cfg, "with records under another key");
     for part in [
         cfg.hmac_key_file.display().to_string(),
         stamp.display().to_string(),
@@ -1237,16 +1244,7 @@ fn replaced_key_file_refuses_open_unless_a_new_key_is_asked_for() {
     );
 
     // Through the binary: `serve` refuses to start, naming the file.
-    let conf = config_file(dir.path(), &cfg);
-    let out = Command::new(BIN)
-        .args(["serve", "--config", conf.to_str().unwrap()])
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
-    assert_ne!(out.status.code(), Some(0), "{text}");
+    let text = serve_refused(dir.path(), &cfg);
     assert!(text.contains("holds another key"), "serve output: {text}");
 
     // On purpose: a `key` line first, the stamp follows the new key, later starts are quiet.
