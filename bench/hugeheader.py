@@ -2,8 +2,9 @@
 """bench row `hugeheader`: one message of about 25 MB whose header shows about 2 million external
 addresses in To/Cc (generated), sent through the release relay under a `rewrite` rule, N copies in
 parallel (one connection each). Measures the relay's peak RSS (VmHWM from /proc, the kernel's own
-high-water mark of the one process) against its idle RSS and the message size. Prints one
-`hugeheader:` result line (key=value) on stdout.
+high-water mark of the one process) against its idle RSS and the message size, and how long
+another client waits meanwhile (a NOOP every 50 ms on its own connection: `noop_max_ms`). Prints
+one `hugeheader:` result line (key=value) on stdout.
 
     bench/hugeheader.py --bin target/release/bccguard --parallel 1
     bench/hugeheader.py --parallel 4
@@ -159,6 +160,23 @@ def send(port: int, data: bytes, out: list, i: int):
         out[i] = (f"error:{type(e).__name__}", time.monotonic() - t0)
 
 
+def probe(port: int, done: threading.Event, result: dict) -> None:
+    """Another client's view while the huge messages are in flight: one NOOP round trip every
+    50 ms on its own connection; records the slowest (a relay whose workers are all busy parsing
+    stops answering everyone)."""
+    try:
+        with RawClient(port, timeout=600) as c:
+            c.ehlo()
+            while not done.is_set():
+                t = time.monotonic()
+                c.cmd("NOOP")
+                result["max_ms"] = max(result["max_ms"], (time.monotonic() - t) * 1000)
+                result["n"] += 1
+                time.sleep(0.05)
+    except Exception as e:  # noqa: BLE001 - reported in the result line
+        result["error"] = type(e).__name__
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bin", default=str(HERE.parent / "target" / "release" / "bccguard"))
@@ -231,6 +249,10 @@ def main() -> int:
         watch = {"peak_kb": 0, "capped": False}
         watcher = threading.Thread(target=watch_rss, args=(pid, a.max_rss_mb * 1024, done, watch))
         watcher.start()
+        probed = {"max_ms": 0.0, "n": 0, "error": None}
+        sending = threading.Event()
+        prober = threading.Thread(target=probe, args=(port, sending, probed))
+        prober.start()
         t0 = time.monotonic()
         threads = [threading.Thread(target=send, args=(port, data, out, i)) for i in range(a.parallel)]
         for t in threads:
@@ -238,6 +260,8 @@ def main() -> int:
         for t in threads:
             t.join()
         wall = time.monotonic() - t0
+        sending.set()
+        prober.join()
         hwm = status_kb(pid, "VmHWM")
         done.set()
         watcher.join()
@@ -253,7 +277,8 @@ def main() -> int:
               f"codes={','.join(map(str, codes))} wall_s={wall:.1f} "
               f"max_reply_s={max(o[1] for o in out):.1f} idle_rss_kb={idle} main_hwm_kb={hwm} "
               f"hwm_x_size={hwm / size_kb:.2f} added_x_size_per_msg={(hwm - idle) / size_kb / a.parallel:.2f} "
-              f"audit_bytes={audit_bytes} load1={os.getloadavg()[0]:.2f} rc={rc}")
+              f"audit_bytes={audit_bytes} noop_max_ms={probed['max_ms']:.0f} noops={probed['n']} "
+              f"noop_error={probed['error'] or '-'} load1={os.getloadavg()[0]:.2f} rc={rc}")
         sys.stdout.flush()
     finally:
         if a.heaptrack and relay is not None and pid != relay.pid:

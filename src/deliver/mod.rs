@@ -23,6 +23,25 @@ use outcome::{Copies, Outcome, Sent};
 const COPY_ATTEMPTS: u32 = 3;
 const COPY_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// Messages up to this size are judged inline on the session's task.
+const JUDGED_INLINE_UP_TO: usize = 256 * 1024;
+
+/// Runs the policy and rewrite work for one message. Their cost is linear in the message (a
+/// 25 MB header of two million addresses takes seconds), and a runtime worker busy that long
+/// stalls every session it serves: with as many such messages as cores, nobody else got an
+/// answer for seconds (bench `hugeheader`, NOOP probe). So a large message's worker hands its
+/// other tasks to a fresh thread first (`block_in_place`); small ones run inline.
+fn cpu_heavy<T>(message_len: usize, work: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let multi_thread =
+        Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
+    if message_len > JUDGED_INLINE_UP_TO && multi_thread {
+        tokio::task::block_in_place(work)
+    } else {
+        work()
+    }
+}
+
 /// What every message's delivery uses and no session owns.
 pub struct Stages {
     pub upstream: Upstream,
@@ -90,7 +109,11 @@ async fn run(
 ) -> Outcome {
     // Rules may name the AUTH user and groups (issue 15).
     let auth_user = job.client.auth_user.as_deref();
-    let mut decision = match rules.policy.decide_as(message, job.envelope, auth_user) {
+    let size = message.raw().len();
+    let decided = cpu_heavy(size, || {
+        rules.policy.decide_as(message, job.envelope, auth_user)
+    });
+    let mut decision = match decided {
         Ok(d) => d,
         Err(unreadable) => {
             reset_upstream(held).await;
@@ -106,7 +129,9 @@ async fn run(
             "monitor mode: delivering unchanged"
         );
     }
-    let sends = match plan(rules.rewriter, &decision, message, job.envelope) {
+    let sends = match cpu_heavy(size, || {
+        plan(rules.rewriter, &decision, message, job.envelope)
+    }) {
         Plan::Refuse(refusal) => {
             reset_upstream(held).await;
             let reason = decision.reason.clone();
