@@ -38,10 +38,15 @@ impl AddressSet {
     pub fn reserve(&mut self, addresses: usize, text_bytes: usize) {
         self.text.reserve(text_bytes);
         self.ends.reserve(addresses);
-        let index = self.index.get_or_insert_with(Index::new);
-        index.table.reserve(addresses, |&i| {
-            index.hasher.hash_one(entry(&self.text, &self.ends, i))
-        });
+        // A frozen set gets its table back first, with what it already holds.
+        if self.index.is_none() {
+            self.rebuild_index();
+        }
+        if let Some(index) = self.index.as_mut() {
+            index.table.reserve(addresses, |&i| {
+                index.hasher.hash_one(entry(&self.text, &self.ends, i))
+            });
+        }
     }
 
     /// Adds `address` unless it is already in; true when it was new.
@@ -290,6 +295,16 @@ mod tests {
         let mut s: AddressSet = ["a@x", "b@x", "a@x"].into_iter().collect();
         s.freeze();
         assert!(s.contains("b@x"));
+        assert!(!s.insert("a@x"));
+        assert!(s.insert("c@x"));
+        assert_eq!(s, ["a@x", "b@x", "c@x"]);
+    }
+
+    #[test]
+    fn reserving_on_a_frozen_set_keeps_it_distinct() {
+        let mut s: AddressSet = ["a@x", "b@x"].into_iter().collect();
+        s.freeze();
+        s.reserve(100, 1000);
         assert!(!s.insert("a@x"));
         assert!(s.insert("c@x"));
         assert_eq!(s, ["a@x", "b@x", "c@x"]);
