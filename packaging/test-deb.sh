@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin:/sbin"
 deb=$(ls -t target/debian/bccguard_*.deb | head -1)
 fail() { echo "FAIL: $*" >&2; exit 1; }
+# Output is captured before it is searched: `cmd | grep -q` (or `| head`) closes the pipe early, the
+# writer may die of SIGPIPE, and pipefail then fails a check that held (seen: 1 run in 30).
 
 echo "==> dpkg -i $deb"
 dpkg -i "$deb"
@@ -21,16 +23,20 @@ getent passwd bccguard >/dev/null || fail "no bccguard user"
 test -f /lib/systemd/system/bccguard.service || test -f /usr/lib/systemd/system/bccguard.service || fail "no unit"
 grep -q '^Type=notify' /lib/systemd/system/bccguard.service /usr/lib/systemd/system/bccguard.service 2>/dev/null || fail "unit not Type=notify"
 test -f /usr/share/man/man1/bccguard.1.gz || fail "no man page"
-zcat /usr/share/man/man1/bccguard.1.gz | grep -q 'audit' || fail "man page lacks the audit command"
+man=$(zcat /usr/share/man/man1/bccguard.1.gz)
+grep -q 'audit' <<<"$man" || fail "man page lacks the audit command"
 test -f /usr/share/man/man1/bccguard-audit-report.1.gz || fail "no man page for audit report"
 test -f /usr/share/bash-completion/completions/bccguard || fail "no bash completion"
-if file /usr/bin/bccguard | grep -q 'with debug_info'; then fail "binary not stripped of debug info"; fi
+kind=$(file /usr/bin/bccguard)
+if grep -q 'with debug_info' <<<"$kind"; then fail "binary not stripped of debug info"; fi
 echo "binary: $(du -h /usr/bin/bccguard | cut -f1)"
 
 echo "==> README deploy steps"
-bccguard config check | head -1 | grep -q '^config OK: /etc/bccguard/bccguard.toml' || fail "default config fails config check"
+check=$(bccguard config check 2>&1) || fail "default config fails config check: $check"
+[[ "${check%%$'\n'*}" == "config OK: /etc/bccguard/bccguard.toml" ]] || fail "default config check says: $check"
 runuser -u bccguard -- bccguard config check >/dev/null || fail "config check fails as the service user"
-bccguard config show | grep -q '^mode = "monitor"' || fail "package does not start in monitor mode"
+shown=$(bccguard config show)
+grep -q '^mode = "monitor"' <<<"$shown" || fail "package does not start in monitor mode"
 
 echo "==> one message through the installed relay (as the unit runs it)"
 sinkdir=$(mktemp -d); chmod 777 "$sinkdir"
@@ -47,7 +53,8 @@ swaks --server 127.0.0.1:2525 --from me@example.org --to a@partner.example \
       >/dev/null || { cat "$sinkdir/relay.log"; fail "relay refused the message"; }
 for _ in $(seq 50); do ls "$sinkdir"/*.* >/dev/null 2>&1 && break; sleep 0.2; done
 grep -q '^Cc: b@one.example' "$sinkdir"/*.* || fail "monitor mode changed the message"
-curl -fsS http://127.0.0.1:9025/livez | grep -q ok || fail "/livez"
+live=$(curl -fsS http://127.0.0.1:9025/livez) || fail "/livez"
+grep -q ok <<<"$live" || fail "/livez says: $live"
 runuser -u bccguard -- bccguard audit report --since 1h --json | python3 -c '
 import json,sys; r=json.load(sys.stdin); assert r["by_mode"]["monitor"]==1, r; print("audit report:", r["by_rule"])'
 bccguard audit verify >/dev/null || fail "audit verify"
