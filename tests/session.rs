@@ -1172,6 +1172,29 @@ async fn quoted_local_part_is_forwarded_quoted() {
     );
 }
 
+/// RFC 5321 4.5.1: `RCPT TO:<Postmaster>` needs no domain and must be accepted; forwarded as
+/// written. `RCPT TO:<>` stays an error.
+#[tokio::test]
+async fn postmaster_without_a_domain_is_accepted_and_forwarded() {
+    let (up, relay) = setup().await;
+    let mut c = relay.ready().await;
+    c.cmd("MAIL FROM:<alice@example.org>")
+        .await
+        .is(250, "2.1.0");
+    c.cmd("RCPT TO:<>").await.is(501, "5.1.3");
+    c.cmd("RCPT TO:<Postmaster>").await.is(250, "2.1.0");
+    data(&mut c, SMALL).await.is(250, "2.0.0");
+    assert!(matches!(c.quit().await, End::Quit));
+    assert_eq!(
+        transaction_commands(&up.record),
+        [
+            "MAIL FROM:<alice@example.org>",
+            "RCPT TO:<Postmaster>",
+            "DATA"
+        ]
+    );
+}
+
 #[tokio::test]
 async fn quoted_local_part_cannot_inject_mail_parameters() {
     let (up, relay) = setup().await;

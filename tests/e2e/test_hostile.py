@@ -199,6 +199,22 @@ def test_small_holes_huge_size_ehlo_nul_empty_bdat(relay):
     assert relay.upstream.messages(settle=0.5) == [], "an empty message must not be forwarded"
 
 
+def test_postmaster_without_a_domain_reaches_the_upstream(relay):
+    """RFC 5321 4.5.1: every SMTP server takes `RCPT TO:<Postmaster>` (any case, no domain);
+    `RCPT TO:<>` is still an error. smtp-sink records the recipient as given."""
+    with RawClient(relay.smtp_port) as c:
+        c.ehlo()
+        assert c.cmd(f"MAIL FROM:<{SENDER}>").code == 250
+        r = c.cmd("RCPT TO:<>")
+        assert r.code == 501, r
+        assert c.cmd("RSET").code == 250
+        replies = transaction(c, SENDER, ["PostMaster"], simple("postmaster", to="postmaster"))
+        print("MAIL, RCPT TO:<PostMaster>, DATA:", replies)
+        assert [r.code for r in replies] == [250, 250, 354, 250], replies
+    got = relay.upstream.wait_for(1)
+    assert got[0].rcpts == ["PostMaster"], got[0].rcpts
+
+
 def test_a_sender_exemption_cannot_be_borrowed_and_is_always_audited(make_relay, tls_material):
     """Issue 12.6's scenario: the press office is exempt from the rewrite rule. alice may not send
     as press@ (553); a login that owns press@ may, and the message goes out unchanged, but the

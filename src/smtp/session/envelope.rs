@@ -197,6 +197,17 @@ fn declared_size(line: &[u8]) -> Option<u128> {
     Some(value.parse::<u128>().unwrap_or(u128::MAX))
 }
 
+/// The `Postmaster` of `RCPT TO:<Postmaster>` (any case, as written): RFC 5321 4.5.1 says every
+/// SMTP server must take this one address without a domain; it is forwarded so to the upstream.
+pub(super) fn bare_postmaster(line: &[u8]) -> Option<String> {
+    let open = memchr::memchr(b'<', line)?;
+    let close = open + 1 + memchr::memchr(b'>', &line[open + 1..])?;
+    let inside = &line[open + 1..close];
+    inside
+        .eq_ignore_ascii_case(b"postmaster")
+        .then(|| String::from_utf8_lossy(inside).into_owned())
+}
+
 /// An envelope address in its RFC 5321 form, as the client meant it: smtp-proto hands us the
 /// local part unquoted, so a local part that is not a dot-string is quoted again. Forwarded
 /// unquoted, `"a@evil> NOTIFY=..."@example.org` would become parameters at the upstream.

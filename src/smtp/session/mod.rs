@@ -246,7 +246,14 @@ impl<S: Io> Session<S> {
                 initial_response,
             } => return self.auth(mechanism, initial_response).await,
             Request::Mail { from } => self.mail(from, line).await.into(),
-            Request::Rcpt { to } => self.rcpt(to.address).await.into(),
+            Request::Rcpt { to } => {
+                // smtp-proto reads `<Postmaster>` as an empty address, like `<>`.
+                let address = match envelope::bare_postmaster(line) {
+                    Some(p) if to.address.is_empty() => p,
+                    _ => to.address,
+                };
+                self.rcpt(address).await.into()
+            }
             Request::Data => return self.data().await,
             Request::Bdat {
                 chunk_size,
