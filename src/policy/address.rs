@@ -104,17 +104,16 @@ pub struct AddressList {
 /// Where a reading puts the addresses it finds, as it finds them: a field of millions of
 /// addresses goes straight into the message's [`AddressSet`], never into a list of its own.
 pub trait Sink {
-    /// Adds one address; true when the sink did not hold it yet.
-    fn push(&mut self, address: String) -> bool;
+    /// Adds one address (a de-duplicating sink may already hold it).
+    fn push(&mut self, address: String);
     /// A point to go back to: a strict reading that fails part-way is replaced, not added to.
     fn mark(&self) -> usize;
     fn rollback(&mut self, mark: usize);
 }
 
 impl Sink for Vec<String> {
-    fn push(&mut self, address: String) -> bool {
+    fn push(&mut self, address: String) {
         Vec::push(self, address);
-        true
     }
     fn mark(&self) -> usize {
         self.len()
@@ -125,8 +124,8 @@ impl Sink for Vec<String> {
 }
 
 impl Sink for AddressSet {
-    fn push(&mut self, address: String) -> bool {
-        self.insert(&address)
+    fn push(&mut self, address: String) {
+        self.insert(&address);
     }
     fn mark(&self) -> usize {
         self.len()
@@ -153,12 +152,11 @@ impl FirstAddress {
 }
 
 impl Sink for FirstAddress {
-    fn push(&mut self, address: String) -> bool {
+    fn push(&mut self, address: String) {
         if self.first.is_none() && !address.is_empty() {
             self.first = Some((self.pushed, address));
         }
         self.pushed += 1;
-        true
     }
     fn mark(&self) -> usize {
         self.pushed
@@ -175,9 +173,7 @@ impl Sink for FirstAddress {
 struct Discard;
 
 impl Sink for Discard {
-    fn push(&mut self, _: String) -> bool {
-        true
-    }
+    fn push(&mut self, _: String) {}
     fn mark(&self) -> usize {
         0
     }
