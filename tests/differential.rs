@@ -24,26 +24,10 @@ use bccguard::policy::address::canonical_domain;
 use bccguard::policy::visible::find_visible;
 use serde_json::Value;
 
+mod common;
+use common::XorShift;
+
 const CASES: usize = 4000;
-
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[self.below(items.len())]
-    }
-}
 
 const LOCALS: &[&str] = &[
     "anna",

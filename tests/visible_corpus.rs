@@ -15,6 +15,9 @@ use std::path::{Path, PathBuf};
 use bccguard::policy::address::canonical_domain;
 use bccguard::policy::visible::{find_visible, Visible};
 
+mod common;
+use common::XorShift;
+
 #[derive(Debug, Default)]
 struct Expected {
     addresses: Vec<String>,
@@ -412,22 +415,6 @@ fn stress_many_folded_lines() {
 
 // ---------------------------------------------------------------------------------------------
 // Mutation: a few thousand seeded random edits of the corpus never panic and keep invariants.
-
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
 
 const INTERESTING: &[u8] = b"<>\"()\\,;:@[]. \t\r\n=?\x80\xff\x00";
 
