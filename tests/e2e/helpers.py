@@ -330,6 +330,19 @@ class SmtpSink:
 # upstream 2: a scriptable SMTP server (exact bytes, per-recipient rejects, DATA failures)
 
 
+async def read_data(reader: asyncio.StreamReader) -> bytes | None:
+    """The content of one DATA transfer up to CRLF.CRLF, dot-unstuffed; None when the peer closed
+    the connection first."""
+    chunks = []
+    while True:
+        dline = await reader.readline()
+        if not dline:
+            return None
+        if dline == b".\r\n":
+            return b"".join(chunks)
+        chunks.append(dline[1:] if dline.startswith(b".") else dline)
+
+
 class PyUpstream:
     """A tiny SMTP server on asyncio streams, in its own thread.
 
@@ -451,17 +464,9 @@ class PyUpstream:
                         await reply("554 5.5.1 No valid recipients")
                         continue
                     await reply("354 Go ahead")
-                    chunks = []
-                    while True:
-                        dline = await reader.readline()
-                        if not dline:
-                            return
-                        if dline == b".\r\n":
-                            break
-                        if dline.startswith(b"."):
-                            dline = dline[1:]
-                        chunks.append(dline)
-                    data = b"".join(chunks)
+                    data = await read_data(reader)
+                    if data is None:
+                        return
                     if any(r.split("@", 1)[0].lower().startswith("baddata") for r in rcpts):
                         # Accepted at RCPT, refused for the content: a per-copy failure in a split.
                         await reply("550 5.7.1 Content refused for this mailbox")
@@ -1026,14 +1031,9 @@ class FaultUpstream(PyUpstream):
                         await reply("554 5.5.1 No valid recipients")
                         continue
                     await reply("354 Go ahead")
-                    chunks = []
-                    while True:
-                        dline = await reader.readline()
-                        if not dline:
-                            return
-                        if dline == b".\r\n":
-                            break
-                        chunks.append(dline[1:] if dline.startswith(b".") else dline)
+                    data = await read_data(reader)
+                    if data is None:
+                        return
                     with self._lock:
                         self.data_ends += 1
                         drop = self.drop_every and self.data_ends % self.drop_every == 0
@@ -1043,7 +1043,7 @@ class FaultUpstream(PyUpstream):
                             self._count += 1
                             n = self._count
                             self.delivered.append(
-                                Delivered(sender=sender, rcpts=list(rcpts), data=b"".join(chunks)))
+                                Delivered(sender=sender, rcpts=list(rcpts), data=data))
                     if drop:
                         return  # `finally` closes the connection: no reply at all
                     if self.reply_delay:
